@@ -1,0 +1,8 @@
+"""minifcn: Fully Convolutional Networks from scratch in NumPy."""
+
+from .autograd import Function, Tensor, no_grad
+from .conv_matrix import ConvMatrix
+from .gradcheck import gradcheck
+
+__version__ = "0.1.0"
+__all__ = ["Tensor", "Function", "no_grad", "gradcheck", "ConvMatrix"]

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+from hypothesis import given
+from strategies import conv_geometry, naive_conv2d, random_arrays, restoring_output_padding
+
+from minifcn import Tensor
+from minifcn.functional import conv2d, conv_output_size, conv_transpose2d, conv_transpose_output_size
+
+
+@given(conv_geometry())
+def test_conv2d_equals_naive_loop_reference(g):
+    _, x, w, b = random_arrays(g)
+    y = conv2d(x, w, b, g["stride"], g["padding"], g["dilation"]).data
+    np.testing.assert_allclose(y, naive_conv2d(x, w, b, g["stride"], g["padding"], g["dilation"]), atol=1e-10)
+
+
+@given(conv_geometry())
+def test_conv2d_output_shape_follows_conv_arithmetic(g):
+    _, x, w, _ = random_arrays(g)
+    y = conv2d(x, w, None, g["stride"], g["padding"], g["dilation"])
+    expected = tuple(conv_output_size(n, k, s, p, d) for n, k, s, p, d in
+                     zip(x.shape[2:], w.shape[2:], g["stride"], g["padding"], g["dilation"]))
+    assert y.shape == (x.shape[0], w.shape[0]) + expected
+
+
+@given(conv_geometry())
+def test_transposed_conv_is_conv_input_gradient(g):
+    """The review's figure 8: d/dx sum(conv2d(x, w) * y) == conv_transpose2d(y, w)."""
+    rng, x, w, _ = random_arrays(g)
+    x = Tensor(x, requires_grad=True)
+    z = conv2d(x, w, None, g["stride"], g["padding"], g["dilation"])
+    y = rng.standard_normal(z.shape)
+    (z * y).sum().backward()
+    extra = restoring_output_padding(g, z.shape[2:])
+    t = conv_transpose2d(y, w, None, g["stride"], g["padding"], extra, g["dilation"]).data
+    np.testing.assert_allclose(x.grad, t, atol=1e-10)
+
+
+@given(conv_geometry())
+def test_conv_transpose2d_output_size_inverts_conv(g):
+    _, x, w, _ = random_arrays(g)
+    z = conv2d(x, w, None, g["stride"], g["padding"], g["dilation"])
+    extra = restoring_output_padding(g, z.shape[2:])
+    back = conv_transpose2d(z, w, None, g["stride"], g["padding"], extra, g["dilation"])
+    assert back.shape == x.shape
+    assert back.shape[2:] == tuple(conv_transpose_output_size(m, k, s, p, e, d) for m, k, s, p, e, d in
+                                   zip(z.shape[2:], w.shape[2:], g["stride"], g["padding"], extra, g["dilation"]))
+
+
+def test_worked_example_of_the_review():
+    """2x2 input [[0,1],[2,3]], 2x2 kernel [[0,1],[2,3]], stride 1: a sum of four scaled kernels."""
+    x = np.array([[[[0, 1], [2, 3]]]], dtype=np.float32)
+    w = np.array([[[[0, 1], [2, 3]]]], dtype=np.float32)
+    y = conv_transpose2d(x, w).data
+    assert y.dtype == np.float32
+    assert y[0, 0].tolist() == [[0, 0, 1], [0, 4, 6], [4, 12, 9]]
+
+
+def test_stride_two_opens_gaps():
+    x = np.array([[[[0, 1], [2, 3]]]], dtype=np.float64)
+    w = np.array([[[[0, 1], [2, 3]]]], dtype=np.float64)
+    assert conv_transpose2d(x, w, stride=2).data[0, 0].tolist() == [
+        [0, 0, 0, 1], [0, 0, 2, 3], [0, 2, 0, 3], [4, 6, 6, 9]]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_convolutions_keep_dtype(dtype):
+    x = np.ones((1, 2, 6, 5), dtype=dtype)
+    assert conv2d(x, np.ones((3, 2, 3, 3), dtype=dtype), padding=1).dtype == dtype
+    assert conv_transpose2d(x, np.ones((2, 3, 4, 4), dtype=dtype), stride=2).dtype == dtype

@@ -1,0 +1,46 @@
+"""Cross-checks against PyTorch (an oracle only: minifcn never imports it)."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from strategies import conv_geometry, random_arrays, restoring_output_padding
+
+from minifcn import Tensor
+from minifcn import functional as F
+
+torch = pytest.importorskip("torch", reason="PyTorch cross-checks need the 'crosscheck' extra")
+pytestmark = pytest.mark.torch
+
+
+@settings(max_examples=50)
+@given(conv_geometry())
+def test_conv2d_and_transpose_match_pytorch(g):
+    _, x, w, b = random_arrays(g)
+    args = dict(stride=g["stride"], padding=g["padding"], dilation=g["dilation"])
+    ref = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), **args)
+    np.testing.assert_allclose(F.conv2d(x, w, b, **args).data, ref.numpy(), atol=1e-10)
+    extra = restoring_output_padding(g, ref.shape[2:])
+    ref_t = torch.nn.functional.conv_transpose2d(ref, torch.tensor(w), output_padding=extra, **args)
+    np.testing.assert_allclose(F.conv_transpose2d(ref.numpy(), w, output_padding=extra, **args).data,
+                               ref_t.numpy(), atol=1e-9)
+
+
+@pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1), (3, 3, 1)])
+def test_ceil_mode_max_pool_matches_pytorch(k, s, p):
+    x = np.random.default_rng(0).standard_normal((2, 3, 11, 8))
+    ref = torch.nn.functional.max_pool2d(torch.tensor(x), k, s, p, ceil_mode=True)
+    np.testing.assert_array_equal(F.max_pool2d(x, k, s, p, ceil_mode=True).data, ref.numpy())
+
+
+def test_cross_entropy_and_its_gradient_match_pytorch():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((2, 6, 5, 4))
+    t = rng.integers(0, 6, (2, 5, 4))
+    t[0, 0] = 255
+    zt = torch.tensor(z, requires_grad=True)
+    torch.nn.functional.cross_entropy(zt, torch.tensor(t), ignore_index=255).backward()
+    mine = Tensor(z, requires_grad=True)
+    loss = F.softmax_cross_entropy(mine, t)
+    loss.backward()
+    assert np.isclose(loss.item(), torch.nn.functional.cross_entropy(zt, torch.tensor(t), ignore_index=255).item())
+    np.testing.assert_allclose(mine.grad, zt.grad.numpy(), atol=1e-12)

@@ -1,0 +1,175 @@
+"""The ``minifcn`` command: train, eval, predict, summary, data, demo."""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from . import models
+from .data import VOC_CLASSES, VOCSegmentation, synthesize
+from .data.download import download
+from .data.voc import read_image
+from .metrics import format_scores
+from .train import TrainConfig, TrainingDiverged, evaluate, load_checkpoint, predict, train
+from .viz import colorize, overlay, panel, save_png
+
+
+OPTIONAL_TYPES = {"crop": int, "train_subset": int, "val_subset": int, "init": str}
+
+
+def add_train_options(p):
+    """One --flag per TrainConfig field, typed by its default."""
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in ("data", "scale"):
+            continue
+        kind = OPTIONAL_TYPES.get(field.name, type(field.default))
+        if kind is bool:
+            kind = lambda s: s.lower() in ("1", "true", "yes")  # noqa: E731
+        p.add_argument("--" + field.name.replace("_", "-"), type=kind, default=field.default,
+                       help=f"(default {field.default})")
+
+
+def config_from(args):
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def cmd_train(args):
+    config = config_from(args)
+    _, metrics = train(config, resume=args.resume)
+    print(json.dumps(metrics))
+
+
+def cmd_eval(args):
+    config, model, _ = load_checkpoint(args.checkpoint)
+    dataset = VOCSegmentation(args.data or config.data, args.split, args.subset)
+    result = evaluate(model, dataset, config.batch_size, config.num_classes, progress=True).scores()
+    print(format_scores(result, VOC_CLASSES))
+    return result
+
+
+def cmd_predict(args):
+    _, model, _ = load_checkpoint(args.checkpoint)
+    os.makedirs(args.output, exist_ok=True)
+    for path in args.images:
+        image = read_image(path)
+        label = predict(model, image)
+        stem = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0])
+        save_png(stem + "_mask.png", colorize(label))
+        save_png(stem + "_overlay.png", overlay(image, label))
+        print(f"wrote {stem}_mask.png and {stem}_overlay.png")
+
+
+def cmd_summary(args):
+    model = models.build(args.model, num_classes=args.num_classes, width=args.width, fc_width=args.fc_width,
+                         input_mode=args.input_mode)
+    s = models.summary(model, tuple(args.size))
+    print(f"{s['model']}: {s['parameters']:,} parameters, {s['conv_layers']} conv layers, receptive field "
+          f"{s['receptive_field']}, max stride {s['max_stride']}, coarse map {s['coarse_size']} for input {tuple(args.size)}")
+
+
+def cmd_data(args):
+    if args.action == "synth":
+        synthesize(args.root, args.train, args.val, args.size, args.seed, args.layouts)
+        print(f"wrote a VOC-format dataset to {args.root}")
+    else:
+        print(f"VOC2012 ready at {download(args.name, args.root)}")
+
+
+def cmd_demo(args):
+    """The main job: synthetic data -> train a small FCN-8s -> evaluate -> a picture of predictions."""
+    start = time.time()
+    data = os.path.join(args.out, "data")
+    if not os.path.exists(os.path.join(data, "ImageSets")):
+        synthesize(data, args.train, args.val, args.size, seed=0)
+    config = TrainConfig(data=data, out=args.out, model="fcn8s", epochs=args.epochs, batch_size=8, lr=args.lr)
+    model, _ = train(config, resume=True)
+    val = VOCSegmentation(data, "val")
+    result = evaluate(model, val, 8, 21).scores()
+    print(format_scores(result, VOC_CLASSES))
+    rows = []
+    for i in range(4):
+        image, truth = val[i]
+        pred = predict(model, image)
+        rows.append([image, colorize(truth), colorize(pred), overlay(image, pred)])
+    figure = os.path.join(args.out, "predictions.png")
+    save_png(figure, panel(rows))
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump({k: v for k, v in result.items()}, f, indent=1)
+    print(f"checkpoint {os.path.join(args.out, 'checkpoint.npz')}, metrics {os.path.join(args.out, 'metrics.json')}, "
+          f"predictions {figure} (image | truth | prediction | overlay); {time.time() - start:.0f} s")
+
+
+def parser():
+    root = argparse.ArgumentParser(prog="minifcn", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an FCN on a VOC-format folder")
+    p.add_argument("--data", required=True, help="a VOCdevkit/VOC2012-style folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    add_train_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="the four metrics and a per-class table")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", help="defaults to the folder the checkpoint was trained on")
+    p.add_argument("--split", default="val")
+    p.add_argument("--subset", type=int)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="colourised masks and overlays for images")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("-o", "--output", default="predictions")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("summary", help="the paper's Table 1 row for a model")
+    p.add_argument("--model", default="fcn8s", choices=sorted(models.MODELS))
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--fc-width", type=int, default=4096)
+    p.add_argument("--num-classes", type=int, default=21)
+    p.add_argument("--input-mode", default="pad100", choices=models.fcn.INPUT_MODES)
+    p.add_argument("--size", type=int, nargs=2, default=(500, 500))
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("data", help="make or fetch a dataset")
+    actions = p.add_subparsers(dest="action", required=True)
+    s = actions.add_parser("synth", help="write the synthetic VOC-format dataset")
+    s.add_argument("--root", required=True)
+    s.add_argument("--train", type=int, default=200)
+    s.add_argument("--val", type=int, default=50)
+    s.add_argument("--size", type=int, default=96)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--layouts", help="a folder of real VOC palette PNGs to paint instead of drawn shapes")
+    d = actions.add_parser("download", help="fetch and unpack an official archive (MD5-checked, resumable)")
+    d.add_argument("name", choices=["voc2012"])
+    d.add_argument("--root", required=True)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("demo", help="the main job: synth data, train FCN-8s, evaluate, draw predictions")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--train", type=int, default=200)
+    p.add_argument("--val", type=int, default=50)
+    p.add_argument("--size", type=int, default=96)
+    p.set_defaults(func=cmd_demo)
+    return root
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError, TrainingDiverged) as err:
+        print(f"minifcn: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

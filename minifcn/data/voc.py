@@ -1,0 +1,111 @@
+"""PASCAL VOC segmentation in its own on-disk layout (VOCdevkit/VOC2012).
+
+    root/JPEGImages/<id>.jpg                  the photo
+    root/SegmentationClass/<id>.png           palette PNG: 0 background, 1-20 classes, 255 void
+    root/ImageSets/Segmentation/<split>.txt   one id per line
+
+The palette PNG stores class indices; its colour table is only for viewing,
+so the indices are read directly (``np.array`` of a mode "P" image).
+"""
+
+import os
+
+import numpy as np
+from PIL import Image
+
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+               "train", "tvmonitor")
+IGNORE = 255
+
+
+def voc_colormap(n=256):
+    """The VOC colour map: the bits of the class index spread over R, G and B, high bits first."""
+    cmap = np.zeros((n, 3), dtype=np.uint8)
+    for index in range(n):
+        c, r, g, b = index, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        cmap[index] = r, g, b
+    return cmap
+
+
+def read_label(path, num_classes=21):
+    """uint8 class indices from a palette PNG; values outside [0, K) and 255 are an error naming the file."""
+    try:
+        with Image.open(path) as im:
+            label = np.array(im)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read label map {path}: {err}") from err
+    if label.ndim != 2:
+        raise ValueError(f"label map {path} has shape {label.shape}: expected a single-channel palette PNG")
+    bad = (label >= num_classes) & (label != IGNORE)
+    if bad.any():
+        raise ValueError(f"label map {path} has values {sorted(set(np.unique(label[bad]).tolist()))[:10]} "
+                         f"outside 0-{num_classes - 1} and {IGNORE}")
+    return label.astype(np.uint8)
+
+
+def read_image(path):
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def write_label(path, label):
+    """Save class indices as a VOC palette PNG (viewable in colour, readable as indices)."""
+    im = Image.fromarray(np.asarray(label, dtype=np.uint8), mode="P")
+    im.putpalette(voc_colormap().ravel().tolist())
+    im.save(path)
+
+
+class VOCSegmentation:
+    """Pairs (image uint8 HxWx3, label uint8 HxW) of one split of a VOCdevkit tree.
+
+    ``subset``: an int keeps the first N ids; a list of class names or indices
+    keeps the ids whose label map contains any of them.
+    """
+
+    classes = VOC_CLASSES
+
+    def __init__(self, root, split="train", subset=None):
+        self.root = str(root)
+        split_file = os.path.join(self.root, "ImageSets", "Segmentation", f"{split}.txt")
+        if not os.path.isdir(self.root):
+            raise FileNotFoundError(f"VOC root {self.root} does not exist; create one with "
+                                    f"'minifcn data download voc2012 --root DIR' or 'minifcn data synth --root DIR'")
+        if not os.path.isfile(split_file):
+            raise FileNotFoundError(f"split list {split_file} not found (is {self.root} a VOCdevkit/VOC2012 folder?)")
+        with open(split_file) as f:
+            self.ids = [line.split()[0] for line in f if line.strip()]
+        self.split = split
+        if isinstance(subset, int):
+            self.ids = self.ids[:subset]
+        elif subset is not None:
+            wanted = {self.classes.index(c) if isinstance(c, str) else int(c) for c in subset}
+            self.ids = [i for i in self.ids if wanted & set(np.unique(self.label(i)).tolist())]
+
+    def __len__(self):
+        return len(self.ids)
+
+    def image_path(self, image_id):
+        return os.path.join(self.root, "JPEGImages", f"{image_id}.jpg")
+
+    def label_path(self, image_id):
+        return os.path.join(self.root, "SegmentationClass", f"{image_id}.png")
+
+    def label(self, image_id):
+        return read_label(self.label_path(image_id), len(self.classes))
+
+    def __getitem__(self, index):
+        image_id = self.ids[index]
+        image, label = read_image(self.image_path(image_id)), self.label(image_id)
+        if image.shape[:2] != label.shape:
+            raise ValueError(f"image {self.image_path(image_id)} is {image.shape[1]}x{image.shape[0]} but its "
+                             f"label {self.label_path(image_id)} is {label.shape[1]}x{label.shape[0]}")
+        return image, label

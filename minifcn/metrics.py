@@ -1,0 +1,69 @@
+"""The paper's four segmentation metrics, as plain functions of a confusion matrix.
+
+With n_ij the number of pixels of class i predicted as class j, t_i = sum_j n_ij
+the pixels of class i, and K the number of classes (FCN paper, section 5):
+
+    pixel accuracy      sum_i n_ii / sum_i t_i
+    mean accuracy       (1/K) sum_i n_ii / t_i
+    mean IU             (1/K) sum_i n_ii / (t_i + sum_j n_ji - n_ii)
+    frequency-weighted  (sum_k t_k)^-1 sum_i t_i n_ii / (t_i + sum_j n_ji - n_ii)
+
+Classes that never occur and are never predicted have no accuracy or IU and
+are left out of the means (NaN-mean).
+"""
+
+import numpy as np
+
+
+def confusion_matrix(pred, target, num_classes, ignore_index=255):
+    """n[i, j] = pixels of true class i predicted as j; ignored pixels are skipped."""
+    pred, target = np.asarray(pred).ravel(), np.asarray(target).ravel()
+    valid = target != ignore_index
+    index = num_classes * target[valid].astype(np.int64) + pred[valid].astype(np.int64)
+    return np.bincount(index, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def scores(hist):
+    """The four metrics and per-class IU / accuracy from a confusion matrix."""
+    hist = np.asarray(hist, dtype=np.float64)
+    diag, true, predicted = np.diag(hist), hist.sum(axis=1), hist.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        class_acc = diag / true
+        iu = diag / (true + predicted - diag)
+    freq = true / true.sum()
+    present = true > 0
+    return {
+        "pixel_acc": float(diag.sum() / true.sum()),
+        "mean_acc": float(np.nanmean(class_acc)),
+        "mean_iu": float(np.nanmean(iu)),
+        "fw_iu": float((freq[present] * iu[present]).sum()),
+        "class_iu": iu.tolist(),
+        "class_acc": class_acc.tolist(),
+    }
+
+
+class ConfusionMatrix:
+    """Accumulates a confusion matrix over batches."""
+
+    def __init__(self, num_classes, ignore_index=255):
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    def update(self, pred, target):
+        self.matrix += confusion_matrix(pred, target, self.num_classes, self.ignore_index)
+        return self
+
+    def scores(self):
+        return scores(self.matrix)
+
+
+def format_scores(result, class_names=None):
+    """A short text report: the four numbers, then per-class IU."""
+    lines = [f"pixel acc {100 * result['pixel_acc']:.1f}   mean acc {100 * result['mean_acc']:.1f}   "
+             f"mean IU {100 * result['mean_iu']:.1f}   f.w. IU {100 * result['fw_iu']:.1f}"]
+    if class_names is not None:
+        lines.append(f"{'class':>14}  {'IU':>6}  {'acc':>6}")
+        for name, iu, acc in zip(class_names, result["class_iu"], result["class_acc"]):
+            if not (np.isnan(iu) and np.isnan(acc)):
+                lines.append(f"{name:>14}  {100 * iu:6.1f}  {100 * acc:6.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,15 @@
+"""FCN-32s: score at stride 32, then one 32x bilinear-initialised upsampling."""
+
+from .fcn import FCN
+
+
+class FCN32s(FCN):
+    def __init__(self, num_classes=21, width=1.0, fc_width=4096, input_mode="pad100", learnable=True, seed=0):
+        super().__init__(num_classes, width, fc_width, input_mode, learnable, seed)
+        self.upscore = self.upsampler(64, 32)
+        self.offset = self.final_offset("score_fr", "upscore")  # 19 with pad 100
+
+    def forward(self, x):
+        x, size = self.prepare(x)
+        score_fr, _ = self.body(x)
+        return self.output(self.upscore(score_fr), self.offset, size)

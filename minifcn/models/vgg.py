@@ -1,0 +1,138 @@
+"""The VGG16 layout (Simonyan & Zisserman), at any width, and its convolutionalization.
+
+Five stages of 3x3 convolutions (2, 2, 3, 3, 3 layers) with 2x2 ceil-mode
+max pools between them, then fc6, fc7 and a classifier. ``width`` scales the
+channel counts (64 ... 512) so that a narrow net trains on a CPU.
+"""
+
+import copy
+
+import numpy as np
+
+from .. import functional as F
+from .. import nn
+from .geometry import path_map, receptive_field
+
+VGG16_STAGES = [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]
+
+
+def scaled(channels, width):
+    return max(1, int(round(channels * width)))
+
+
+def vgg16_backbone(width, first_padding, rng):
+    """[(name, layer)] from conv1_1 to pool5, named as in the Caffe prototxt."""
+    layers, cin = [], 3
+    for stage, (channels, depth) in enumerate(VGG16_STAGES, start=1):
+        cout = scaled(channels, width)
+        for i in range(1, depth + 1):
+            padding = first_padding if (stage, i) == (1, 1) else 1
+            layers += [(f"conv{stage}_{i}", nn.Conv2d(cin, cout, 3, padding=padding, rng=rng)),
+                       (f"relu{stage}_{i}", nn.ReLU())]
+            cin = cout
+        layers.append((f"pool{stage}", nn.MaxPool2d(2, 2, ceil_mode=True)))
+    return layers
+
+
+class Backbone(nn.Module):
+    """A Module whose layers run in registration order, recording named outputs ("taps")."""
+
+    def add_layers(self, named_layers):
+        for name, layer in named_layers:
+            setattr(self, name, layer)
+
+    def run(self, x, names, taps=()):
+        """Run layers ``names`` in order; return the last output and a dict of the tapped ones."""
+        tapped = {}
+        for name in names:
+            x = getattr(self, name)(x)
+            if name in taps:
+                tapped[name] = x
+        return x, tapped
+
+    def layers(self, names):
+        return [getattr(self, n) for n in names]
+
+    def coord_map(self, names):
+        return path_map(self.layers(names))
+
+    def receptive_field(self, names):
+        return receptive_field(self.layers(names))
+
+
+class VGGClassifier(Backbone):
+    """VGG16 for whole-image classification on a fixed input size.
+
+    fc6/fc7/fc8 are fully connected: fc6 sees the flattened pool5 map, so the
+    input size is baked into its weight shape.
+    """
+
+    def __init__(self, num_classes=21, width=1.0, fc_width=4096, input_size=224, seed=0):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        backbone = vgg16_backbone(width, 1, rng)
+        self.add_layers(backbone)
+        self.backbone_names = [n for n, _ in backbone]
+        self.input_size = input_size
+        self.pool5_size = self.output_size(input_size)
+        c5 = scaled(512, width)
+        self.fc6 = nn.Linear(c5 * self.pool5_size ** 2, fc_width, rng=rng)
+        self.drop6 = nn.Dropout(0.5, seed=seed + 6)
+        self.fc7 = nn.Linear(fc_width, fc_width, rng=rng)
+        self.drop7 = nn.Dropout(0.5, seed=seed + 7)
+        self.fc8 = nn.Linear(fc_width, num_classes, rng=rng)
+
+    def output_size(self, size):
+        """pool5 size for an input size: five ceil-mode halvings (3x3 convs with pad 1 keep size)."""
+        for _ in range(5):
+            size = -(-size // 2)
+        return size
+
+    def forward(self, x):
+        if x.shape[2:] != (self.input_size, self.input_size):
+            raise ValueError(f"VGGClassifier was built for {self.input_size}x{self.input_size} inputs, "
+                             f"got {x.shape[2]}x{x.shape[3]}: its fully connected fc6 fixes the size")
+        h, _ = self.run(x, self.backbone_names)
+        h = h.reshape(h.shape[0], -1)
+        h = self.drop6(F.relu(self.fc6(h)))
+        h = self.drop7(F.relu(self.fc7(h)))
+        return self.fc8(h)
+
+
+class ConvolutionalVGG(Backbone):
+    """The classifier with fc6/fc7/fc8 as convolutions: any input size in, a score map out."""
+
+    def __init__(self, backbone_names, layers, fc6, fc7, fc8):
+        super().__init__()
+        self.add_layers(layers)
+        self.backbone_names = backbone_names
+        self.fc6, self.relu6, self.fc7, self.relu7, self.fc8 = fc6, nn.ReLU(), fc7, nn.ReLU(), fc8
+        self.path = backbone_names + ["fc6", "relu6", "fc7", "relu7", "fc8"]
+
+    def forward(self, x):
+        return self.run(x, self.path)[0]
+
+
+def convolutionalize(classifier):
+    """Turn fully connected fc6/fc7/fc8 into k x k / 1 x 1 convolutions with the same weights.
+
+    fc6's weight row for output unit o is the flattened (C, k, k) pool5 window,
+    so reshaping it to (fc, C, k, k) gives a convolution that computes the same
+    dot product at every k x k window. fc7 and fc8 see one vector per
+    location: a 1 x 1 convolution. On the training size the score map is 1 x 1
+    and equals the logits; on a larger input it is a map of them.
+    """
+    k = classifier.pool5_size
+    c5 = classifier.fc6.weight.shape[1] // (k * k)
+
+    def conv_from(linear, kernel):
+        out_f, in_f = linear.weight.shape
+        conv = nn.Conv2d(in_f // (kernel * kernel), out_f, kernel, zero_init=True)
+        conv.weight.data = linear.weight.data.reshape(conv.weight.shape).copy()
+        conv.bias.data = linear.bias.data.copy()
+        return conv
+
+    assert c5 * k * k == classifier.fc6.weight.shape[1]
+    layers = [(n, copy.deepcopy(getattr(classifier, n))) for n in classifier.backbone_names]
+    return ConvolutionalVGG(classifier.backbone_names, layers, conv_from(classifier.fc6, k),
+                            conv_from(classifier.fc7, 1), conv_from(classifier.fc8, 1))

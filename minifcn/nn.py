@@ -1,0 +1,183 @@
+"""Layers: small Modules that own Parameters and call minifcn.functional.
+
+A Module registers every Parameter and sub-Module assigned to it, in
+assignment order, so ``state_dict()`` names match the attribute paths
+(``conv1_1.weight``) exactly as in PyTorch and the FCN ports.
+"""
+
+import numpy as np
+
+from . import functional as F
+from .autograd import Tensor, array_module
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module owns and an optimizer updates (unless frozen)."""
+
+    def __init__(self, data, requires_grad=True):
+        super().__init__(data, requires_grad=requires_grad)
+
+
+class Module:
+    def __init__(self):
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        for registry in (self._parameters, self._modules):
+            registry.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def forward(self, *args):
+        raise NotImplementedError
+
+    def __call__(self, *args):
+        return self.forward(*args)
+
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}{name}.")
+
+    def named_parameters(self):
+        for prefix, module in self.named_modules():
+            for name, p in module._parameters.items():
+                yield prefix + name, p
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def train(self, mode=True):
+        for _, module in self.named_modules():
+            object.__setattr__(module, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def state_dict(self):
+        """name -> host ndarray copy, for every parameter (frozen ones included)."""
+        return {name: p.numpy().copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays into the parameters, checking names and shapes; keeps each parameter's dtype."""
+        own = dict(self.named_parameters())
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if strict and (missing or unexpected):
+            raise ValueError(f"state dict mismatch: missing {missing[:8]}, unexpected {unexpected[:8]}")
+        for name, value in state.items():
+            if name not in own:
+                continue
+            p, value = own[name], np.asarray(value)
+            if p.shape != value.shape:
+                raise ValueError(f"{name}: checkpoint shape {value.shape} != model shape {p.shape}")
+            p.data = array_module(p.data).asarray(value, dtype=p.dtype).copy()
+        return self
+
+
+def he_normal(rng, shape, fan_in, dtype=np.float32):
+    """N(0, 2 / fan_in): keeps activation variance steady through ReLU layers (He et al. 2015)."""
+    return (rng.standard_normal(shape, dtype=np.float32) * np.sqrt(2.0 / fan_in)).astype(dtype)
+
+
+class Conv2d(Module):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
+                 rng=None, zero_init=False):
+        super().__init__()
+        kh, kw = F.pair(kernel_size)
+        shape = (out_channels, in_channels, kh, kw)
+        rng = rng if rng is not None else np.random.default_rng()
+        self.weight = Parameter(np.zeros(shape, np.float32) if zero_init else
+                                he_normal(rng, shape, in_channels * kh * kw))
+        self.bias = Parameter(np.zeros(out_channels, np.float32)) if bias else None
+        self.stride, self.padding, self.dilation = F.pair(stride), F.pair(padding), F.pair(dilation)
+        self.kernel_size = (kh, kw)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def __repr__(self):
+        cout, cin = self.weight.shape[:2]
+        return f"Conv2d({cin}, {cout}, kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding})"
+
+
+class ConvTranspose2d(Module):
+    """Learned (or frozen) upsampling; weights (Cin, Cout, kh, kw)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, output_padding=0,
+                 bias=True, rng=None):
+        super().__init__()
+        kh, kw = F.pair(kernel_size)
+        rng = rng if rng is not None else np.random.default_rng()
+        self.weight = Parameter(he_normal(rng, (in_channels, out_channels, kh, kw), in_channels * kh * kw))
+        self.bias = Parameter(np.zeros(out_channels, np.float32)) if bias else None
+        self.stride, self.padding = F.pair(stride), F.pair(padding)
+        self.output_padding, self.kernel_size, self.dilation = F.pair(output_padding), (kh, kw), (1, 1)
+
+    def forward(self, x):
+        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding)
+
+    def __repr__(self):
+        cin, cout = self.weight.shape[:2]
+        return f"ConvTranspose2d({cin}, {cout}, kernel_size={self.kernel_size}, stride={self.stride})"
+
+
+class Linear(Module):
+    """y = x W^T + b, the classifier's fully connected layer."""
+
+    def __init__(self, in_features, out_features, rng=None, zero_init=False):
+        super().__init__()
+        rng = rng if rng is not None else np.random.default_rng()
+        shape = (out_features, in_features)
+        self.weight = Parameter(np.zeros(shape, np.float32) if zero_init else he_normal(rng, shape, in_features))
+        self.bias = Parameter(np.zeros(out_features, np.float32))
+
+    def forward(self, x):
+        return x @ self.weight.T + self.bias
+
+
+class MaxPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+        super().__init__()
+        self.kernel_size = F.pair(kernel_size)
+        self.stride = F.pair(kernel_size if stride is None else stride)
+        self.padding, self.ceil_mode, self.dilation = F.pair(padding), ceil_mode, (1, 1)
+
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
+
+    def __repr__(self):
+        return f"MaxPool2d({self.kernel_size}, stride={self.stride}, ceil_mode={self.ceil_mode})"
+
+
+class ReLU(Module):
+    def forward(self, x):
+        return F.relu(x)
+
+
+class Dropout(Module):
+    """Drops units in training mode only. ``generator`` is reseeded by the trainer for exact resumes."""
+
+    def __init__(self, p=0.5, seed=0):
+        super().__init__()
+        self.p, self.generator = p, np.random.default_rng(seed)
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training, self.generator)
+
+
+class Sequential(Module):
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            setattr(self, str(i), m)
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x

@@ -1,0 +1,209 @@
+"""Training, evaluation and prediction loops, with exact resume.
+
+Every random choice (epoch order, augmentation, dropout masks) is drawn from
+a generator seeded by counters: ``(seed, epoch)`` for the order, ``(seed,
+epoch, image)`` for augmentation, ``(seed, step, layer)`` for dropout. So the
+"RNG state" of a run is its seed and step, and a run resumed from a
+checkpoint at step k makes the same draws as one that never stopped.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from . import functional as F
+from . import models, nn
+from .autograd import Tensor, no_grad
+from .data import VOCSegmentation, augment, batches, normalize
+from .metrics import ConfusionMatrix
+from .optim import SGD
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data: str
+    out: str = "runs/fcn"
+    model: str = "fcn8s"
+    width: float = 0.125
+    fc_width: int = 512
+    input_mode: str = "pad100"
+    learnable: bool = True  # False: FCN-32s-fixed, bilinear upsampling frozen
+    num_classes: int = 21
+    epochs: int = 10
+    batch_size: int = 8
+    accum_steps: int = 1
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_policy: str = "poly"  # or "fixed"
+    loss_reduction: str = "mean"  # "mean" over valid pixels, or "sum" (the paper's unnormalised loss)
+    crop: int = None
+    scale: tuple = (0.75, 1.25)
+    train_split: str = "train"
+    val_split: str = "val"
+    train_subset: int = None
+    val_subset: int = None
+    init: str = None  # a checkpoint whose matching weights start this model (32s -> 16s -> 8s)
+    seed: int = 0
+    checkpoint_every: int = 50  # steps between checkpoints (and at every epoch end)
+
+    def model_config(self):
+        return dict(num_classes=self.num_classes, width=self.width, fc_width=self.fc_width,
+                    input_mode=self.input_mode, learnable=self.learnable, seed=self.seed)
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------
+
+def save_checkpoint(path, config, model, optimizer=None, meta=None):
+    """Write config, weights, optimiser state and progress to one .npz, atomically (temp file + rename)."""
+    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
+    if optimizer is not None:
+        arrays.update({f"optim/{k}": np.asarray(v) for k, v in optimizer.state_dict().items()})
+    arrays["config"] = np.array(json.dumps(dataclasses.asdict(config)))
+    arrays["meta"] = np.array(json.dumps(meta or {}))
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """(config, model, state) from a checkpoint; state has 'model', 'optim' and 'meta'."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    with np.load(path) as z:
+        config = TrainConfig(**json.loads(str(z["config"])))
+        state = {"model": {k[6:]: z[k] for k in z.files if k.startswith("model/")},
+                 "optim": {k[6:]: z[k] for k in z.files if k.startswith("optim/")},
+                 "meta": json.loads(str(z["meta"]))}
+    model = models.build(config.model, **config.model_config())
+    model.load_state_dict(state["model"])
+    return config, model, state
+
+
+# --- the loops -------------------------------------------------------------------------------------------
+
+def param_groups(model, lr, weight_decay):
+    """The paper's recipe: biases learn twice as fast and are not decayed."""
+    weights = [p for name, p in model.named_parameters() if not name.endswith("bias")]
+    biases = [p for name, p in model.named_parameters() if name.endswith("bias")]
+    return [{"params": weights, "lr": lr, "weight_decay": weight_decay},
+            {"params": biases, "lr": 2 * lr, "weight_decay": 0.0}]
+
+
+def learning_rate(config, step, total_steps):
+    if config.lr_policy == "poly":
+        return config.lr * (1 - step / total_steps) ** 0.9
+    if config.lr_policy == "fixed":
+        return config.lr
+    raise ValueError(f"lr_policy must be 'poly' or 'fixed', got {config.lr_policy!r}")
+
+
+def evaluate(model, dataset, batch_size=4, num_classes=21, progress=False):
+    """Confusion matrix of ``model`` over ``dataset`` (no augmentation)."""
+    model.eval()
+    cm = ConfusionMatrix(num_classes)
+    order = np.arange(len(dataset))
+    with no_grad():
+        for x, y in tqdm(batches(dataset, batch_size, order), total=math.ceil(len(dataset) / batch_size),
+                         desc="eval", disable=not progress, leave=False):
+            cm.update(model(Tensor(x)).data.argmax(axis=1), y)
+    model.train()
+    return cm
+
+
+def train(config, resume=False, max_steps=None, progress=True, log=print):
+    """Train ``config.model``; returns (model, last metrics). ``max_steps`` stops early (as an interrupt would)."""
+    os.makedirs(config.out, exist_ok=True)
+    ckpt_path, log_path = os.path.join(config.out, "checkpoint.npz"), os.path.join(config.out, "metrics.jsonl")
+    train_set = VOCSegmentation(config.data, config.train_split, config.train_subset)
+    val_set = VOCSegmentation(config.data, config.val_split, config.val_subset)
+    model = models.build(config.model, **config.model_config())
+    if config.init:  # staged training: copy every weight whose name and shape match
+        _, source, _ = load_checkpoint(config.init)
+        own = dict(model.named_parameters())
+        model.load_state_dict({k: v for k, v in source.state_dict().items()
+                               if k in own and own[k].shape == v.shape}, strict=False)
+    optimizer = SGD(param_groups(model, config.lr, config.weight_decay), config.lr, config.momentum)
+    per_step = config.batch_size * config.accum_steps
+    steps_per_epoch = max(1, len(train_set) // per_step)
+    total_steps = steps_per_epoch * config.epochs
+    step, metrics = 0, None
+    if resume and os.path.exists(ckpt_path):
+        _, _, state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optim"])
+        step, metrics = state["meta"]["step"], state["meta"].get("metrics")
+        log(f"resumed from {ckpt_path} at step {step}/{total_steps}")
+    dropouts = [m for _, m in model.named_modules() if isinstance(m, nn.Dropout)]
+
+    def checkpoint():
+        save_checkpoint(ckpt_path, config, model, optimizer, {"step": step, "metrics": metrics})
+
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {config.model}", disable=not progress)
+    started, seen = time.time(), 0
+    try:
+        while step < total_steps and (max_steps is None or step < max_steps):
+            epoch, k = divmod(step, steps_per_epoch)
+            order = np.random.default_rng([config.seed, epoch]).permutation(len(train_set))
+            chunk = order[k * per_step:(k + 1) * per_step]
+            for j, m in enumerate(dropouts):
+                m.generator = np.random.default_rng([config.seed, step, j])
+            for group, factor in zip(optimizer.param_groups, (1, 2)):
+                group["lr"] = factor * learning_rate(config, step, total_steps)
+
+            def transform(i, image, label):
+                return augment(image, label, np.random.default_rng([config.seed, epoch, i]), config.scale, config.crop)
+
+            optimizer.zero_grad()
+            loss_total, correct, counted = 0.0, 0, 0
+            for x, y in batches(train_set, config.batch_size, chunk, transform):
+                scores = model(Tensor(x))
+                loss = F.softmax_cross_entropy(scores, y, reduction=config.loss_reduction)
+                (loss * (1.0 / config.accum_steps)).backward()
+                loss_total += loss.item() / config.accum_steps
+                valid = y != 255
+                correct += int((scores.data.argmax(axis=1) == y)[valid].sum())
+                counted += int(valid.sum())
+            if not np.isfinite(loss_total):
+                raise TrainingDiverged(f"loss became {loss_total} at step {step} (epoch {epoch}); the last good "
+                                       f"checkpoint {ckpt_path} is kept. Try a lower --lr (now {config.lr}).")
+            optimizer.step()
+            step += 1
+            seen += len(chunk)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_total:.3f}", acc=f"{correct / max(counted, 1):.3f}",
+                            img_s=f"{seen / (time.time() - started):.1f}")
+            if step % steps_per_epoch == 0:
+                cm = evaluate(model, val_set, config.batch_size, config.num_classes)
+                metrics = {"epoch": step // steps_per_epoch, "step": step, "loss": loss_total, **{
+                    k: v for k, v in cm.scores().items() if not k.startswith("class")}}
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+                checkpoint()
+            elif step % config.checkpoint_every == 0:
+                checkpoint()
+    except KeyboardInterrupt:
+        checkpoint()
+        log(f"\ninterrupted at step {step}; saved {ckpt_path}. Continue with --resume.")
+        raise
+    finally:
+        bar.close()
+    if max_steps is not None and step < total_steps:
+        checkpoint()
+    return model, metrics
+
+
+def predict(model, image):
+    """Class indices (H, W) for one uint8 HxWx3 image."""
+    model.eval()
+    with no_grad():
+        return model(Tensor(normalize(image)[None])).data.argmax(axis=1)[0].astype(np.uint8)

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minifcn import Tensor, no_grad
+from minifcn.models import (FCN8s, FCN16s, FCN32s, VGGClassifier, bilinear_kernel, convolutionalize, summary)
+from minifcn.functional import conv_transpose2d
+
+TINY = dict(width=1 / 64, fc_width=8, num_classes=5)
+
+
+def run(model, x):
+    with no_grad():
+        return model(Tensor(x)).data
+
+
+def test_crop_offsets_are_derived_as_in_the_paper():
+    assert FCN32s(**TINY).offset == (19, 19)
+    assert FCN16s(**TINY).offsets == {"score_pool4": (5, 5), "upscore16": (27, 27)}
+    assert FCN8s(**TINY).offsets == {"score_pool4": (5, 5), "score_pool3": (9, 9), "upscore8": (31, 31)}
+    assert set(FCN8s(input_mode="pad32", **TINY).offsets.values()) == {(0, 0)}
+
+
+@pytest.mark.parametrize("cls", [FCN32s, FCN16s, FCN8s])
+@pytest.mark.parametrize("mode", ["pad100", "pad32"])
+@settings(max_examples=8)
+@given(h=st.integers(1, 80), w=st.integers(1, 80))
+def test_any_input_size_gives_the_same_size_out(cls, mode, h, w):
+    model = cls(input_mode=mode, **TINY)
+    assert run(model, np.zeros((1, 3, h, w), np.float32)).shape == (1, 5, h, w)
+
+
+def test_bilinear_kernel_interpolates():
+    """A 2x upsampler with the bilinear kernel reproduces a linear ramp away from the borders."""
+    assert bilinear_kernel(4)[1].tolist() == pytest.approx([0.1875, 0.5625, 0.5625, 0.1875])
+    assert bilinear_kernel(3).tolist() == [[0.25, 0.5, 0.25], [0.5, 1, 0.5], [0.25, 0.5, 0.25]]
+    ramp = np.tile(np.arange(8.0), (8, 1))[None, None]
+    up = conv_transpose2d(ramp, bilinear_kernel(4)[None, None].astype(np.float64), stride=2, padding=1).data[0, 0]
+    inner = up[4:-4, 2:-2]
+    np.testing.assert_allclose(np.diff(inner, axis=1), 0.5)
+
+
+def test_upsamplers_are_bilinear_per_class_and_can_be_frozen():
+    m = FCN8s(**TINY)
+    w = m.upscore8.weight.data
+    assert np.array_equal(w[2, 2], bilinear_kernel(16)) and not w[2, 3].any() and m.upscore8.bias is None
+    assert not m.score_fr.weight.data.any() and not m.score_pool3.weight.data.any()
+    fixed = FCN32s(learnable=False, **TINY)
+    x = Tensor(np.random.default_rng(0).standard_normal((1, 3, 20, 20)).astype(np.float32))
+    fixed.score_fr.weight.data[:] = 0.1
+    fixed(x).sum().backward()
+    assert fixed.upscore.weight.grad is None and fixed.score_fr.weight.grad is not None
+
+
+def test_staged_training_copies_what_carries_over():
+    m32 = FCN32s(seed=1, **TINY)
+    m32.score_fr.weight.data[:] = 0.5
+    m16 = FCN16s.from_fcn32s(m32)
+    m8 = FCN8s.from_fcn16s(m16)
+    for m in (m16, m8):
+        assert np.array_equal(m.conv3_1.weight.data, m32.conv3_1.weight.data)
+        assert np.array_equal(m.score_fr.weight.data, m32.score_fr.weight.data)
+        assert not m.score_pool4.weight.data.any()
+    # with zero skip scores, 16s predicts what 32s did (up to the different upsampling path)
+    x = np.random.default_rng(0).standard_normal((1, 3, 40, 40)).astype(np.float32)
+    assert run(m16, x).shape == run(m32, x).shape
+
+
+def test_state_dict_names_match_pytorch_fcn():
+    names = list(FCN8s(**TINY).state_dict())
+    assert names[:4] == ["conv1_1.weight", "conv1_1.bias", "conv1_2.weight", "conv1_2.bias"]
+    assert names[26:] == ["fc6.weight", "fc6.bias", "fc7.weight", "fc7.bias", "score_fr.weight", "score_fr.bias",
+                          "score_pool3.weight", "score_pool3.bias", "score_pool4.weight", "score_pool4.bias",
+                          "upscore2.weight", "upscore8.weight", "upscore_pool4.weight"]
+
+
+def test_convolutionalized_classifier_equals_classifier_and_maps_larger_inputs():
+    clf = VGGClassifier(num_classes=4, width=1 / 32, fc_width=16, input_size=64, seed=3)
+    clf.eval()
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    fcn = convolutionalize(clf)
+    np.testing.assert_allclose(run(fcn, x)[:, :, 0, 0], run(clf, x), rtol=1e-4, atol=1e-5)
+    assert run(fcn, np.zeros((1, 3, 160, 128), np.float32)).shape == (1, 4, 4, 3)
+    with pytest.raises(ValueError, match="built for 64x64"):
+        run(clf, np.zeros((1, 3, 96, 96), np.float32))
+
+
+def test_summary_gives_the_table1_row():
+    s = summary(FCN8s(width=1 / 16, fc_width=64))
+    assert (s["receptive_field"], s["max_stride"], s["conv_layers"]) == (404, 32, 16)
+    assert s["parameters"] == sum(s["parameters_per_layer"].values())
+
+
+@pytest.mark.slow
+def test_full_fcn8s_has_134m_parameters():
+    s = summary(FCN8s())
+    assert s["parameters"] == 134_489_759  # VGG16 convs 14.7M + fc6 102.8M + fc7 16.8M + scores + upsamplers
+    assert s["parameters_per_layer"]["fc6"] == 512 * 4096 * 49 + 4096
+
+
+def test_bad_configuration_is_named():
+    with pytest.raises(ValueError, match="'pad7'"):
+        FCN8s(input_mode="pad7")
+    with pytest.raises(ValueError, match=r"\(1, 4, 10\)"):
+        run(FCN8s(**TINY), np.zeros((1, 4, 10), np.float32))

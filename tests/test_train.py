@@ -1,0 +1,73 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from minifcn.cli import main
+from minifcn.data import synthesize
+from minifcn.train import TrainConfig, TrainingDiverged, load_checkpoint, train
+
+SMALL = dict(model="fcn8s", width=1 / 16, fc_width=32, input_mode="pad32", batch_size=2, epochs=2,
+             checkpoint_every=1, crop=32, scale=(0.8, 1.2))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return synthesize(str(tmp_path_factory.mktemp("synth")), 6, 2, 32, progress=False)
+
+
+def weights(path):
+    return load_checkpoint(path)[2]
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(data, tmp_path):
+    straight = TrainConfig(data=data, out=str(tmp_path / "a"), **SMALL)
+    train(straight, progress=False)
+    broken = TrainConfig(data=data, out=str(tmp_path / "b"), **SMALL)
+    train(broken, max_steps=4, progress=False)  # stops mid-epoch 2 of 2 (3 steps an epoch)
+    assert weights(os.path.join(broken.out, "checkpoint.npz"))["meta"]["step"] == 4
+    train(broken, resume=True, progress=False)
+    a, b = weights(os.path.join(straight.out, "checkpoint.npz")), weights(os.path.join(broken.out, "checkpoint.npz"))
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert np.array_equal(a["model"][key], b["model"][key]), key
+    for key in a["optim"]:
+        assert np.array_equal(a["optim"][key], b["optim"][key]), key
+    log = [json.loads(line) for line in open(os.path.join(broken.out, "metrics.jsonl"))]
+    assert [entry["epoch"] for entry in log] == [1, 2] and 0 <= log[-1]["mean_iu"] <= 1
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    config = TrainConfig(data=data, out=str(tmp_path / "nan"), **{**SMALL, "lr": 1e30})
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train(config, progress=False)
+    state = weights(os.path.join(config.out, "checkpoint.npz"))
+    assert all(np.isfinite(v).all() for v in state["model"].values())
+
+
+def test_staged_init_copies_matching_weights(data, tmp_path):
+    first = TrainConfig(data=data, out=str(tmp_path / "s32"), **{**SMALL, "model": "fcn32s", "epochs": 1})
+    m32, _ = train(first, progress=False)
+    second = TrainConfig(data=data, out=str(tmp_path / "s16"),
+                         **{**SMALL, "model": "fcn16s", "epochs": 1, "lr": 0.0, "momentum": 0.0,
+                            "weight_decay": 0.0, "init": os.path.join(first.out, "checkpoint.npz")})
+    m16, _ = train(second, progress=False)
+    assert np.array_equal(m16.conv1_1.weight.data, m32.conv1_1.weight.data)
+
+
+def test_cli_train_eval_predict_summary(data, tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    assert main(["train", "--data", data, "--out", out, "--width", "0.0625", "--fc-width", "16",
+                 "--input-mode", "pad32", "--epochs", "1", "--batch-size", "3"]) == 0
+    ckpt = os.path.join(out, "checkpoint.npz")
+    assert main(["eval", "--checkpoint", ckpt]) == 0
+    assert "mean IU" in capsys.readouterr().out
+    image = os.path.join(data, "JPEGImages", "synth_00000.jpg")
+    assert main(["predict", image, "--checkpoint", ckpt, "-o", str(tmp_path / "pred")]) == 0
+    assert os.path.isfile(tmp_path / "pred" / "synth_00000_mask.png")
+    assert os.path.isfile(tmp_path / "pred" / "synth_00000_overlay.png")
+    assert main(["summary", "--width", "0.125", "--fc-width", "512"]) == 0
+    assert "receptive field 404, max stride 32" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(tmp_path / "nope.npz")]) == 2
+    assert "nope.npz not found" in capsys.readouterr().err

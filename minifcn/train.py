@@ -146,7 +146,8 @@ def train(config, resume=False, max_steps=None, progress=True, log=print):
     dropouts = [m for _, m in model.named_modules() if isinstance(m, nn.Dropout)]
 
     def checkpoint():
-        save_checkpoint(ckpt_path, config, model, optimizer, {"step": step, "metrics": metrics})
+        save_checkpoint(ckpt_path, config, model, optimizer,
+                        {"step": step, "epoch": step / steps_per_epoch, "seed": config.seed, "metrics": metrics})
 
     bar = tqdm(total=total_steps, initial=step, desc=f"train {config.model}", disable=not progress)
     started, seen = time.time(), 0

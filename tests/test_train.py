@@ -71,3 +71,18 @@ def test_cli_train_eval_predict_summary(data, tmp_path, capsys):
     assert "receptive field 404, max stride 32" in capsys.readouterr().out
     assert main(["eval", "--checkpoint", str(tmp_path / "nope.npz")]) == 2
     assert "nope.npz not found" in capsys.readouterr().err
+
+
+def test_gradient_accumulation_matches_the_larger_batch(data, tmp_path):
+    """Two micro-batches of 1 (loss scaled by 1/2, lr doubled) take the step one batch of 2 takes."""
+    plain = dict(SMALL, epochs=1, loss_reduction="sum", momentum=0.0, weight_decay=0.0, lr=1e-5, lr_policy="fixed")
+    big = TrainConfig(data=data, out=str(tmp_path / "big"), **{**plain, "batch_size": 2})
+    accumulated = TrainConfig(data=data, out=str(tmp_path / "acc"),
+                              **{**plain, "batch_size": 1, "accum_steps": 2, "lr": 2e-5})
+    m_big, _ = train(big, progress=False)
+    m_acc, _ = train(accumulated, progress=False)
+    before = TrainConfig(data=data, out=str(tmp_path / "none"), **{**plain, "epochs": 0})
+    m0, _ = train(before, progress=False)
+    for (name, a), b, c in zip(m_big.named_parameters(), m_acc.parameters(), m0.parameters()):
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-4, atol=1e-6, err_msg=name)
+    assert any(not np.array_equal(a.data, c.data) for a, c in zip(m_big.parameters(), m0.parameters()))

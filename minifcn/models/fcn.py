@@ -55,6 +55,16 @@ class FCN(Backbone):
         self.score_fr = self.score_layer(fc_width)
         self.path = [n for n, _ in backbone] + ["fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "score_fr"]
 
+    @classmethod
+    def from_model(cls, other):
+        """A model of this class with ``other``'s configuration and every weight the two share by name.
+
+        The paper's staged training (32s -> 16s -> 8s): the new skip scorers start at zero, so the
+        new net first predicts what the old one did, and the old upsampler (upscore, upscore16) is
+        simply not among the new net's names.
+        """
+        return cls(**other.config).load_state_dict(other.state_dict(), strict=False)
+
     def score_layer(self, in_channels):
         """A 1x1 class scorer, zero-initialised (the paper's choice: start from no opinion)."""
         return nn.Conv2d(in_channels, self.num_classes, 1, zero_init=True)

@@ -24,6 +24,5 @@ class FCN16s(FCN):
 
     @classmethod
     def from_fcn32s(cls, fcn32s):
-        """The paper's staged training: start 16s from a trained 32s (score_pool4 stays zero)."""
-        model = cls(**fcn32s.config)
-        return model.load_state_dict(fcn32s.state_dict(), strict=False)  # no name clashes: the old upsampler is left out
+        """The paper's staged training: start from a trained 32s (score_pool4 starts at zero)."""
+        return cls.from_model(fcn32s)

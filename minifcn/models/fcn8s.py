@@ -31,6 +31,5 @@ class FCN8s(FCN):
 
     @classmethod
     def from_fcn16s(cls, fcn16s):
-        """The paper's staged training: start 8s from a trained 16s (score_pool3 stays zero)."""
-        model = cls(**fcn16s.config)
-        return model.load_state_dict(fcn16s.state_dict(), strict=False)  # no name clashes: the old upsampler is left out
+        """The paper's staged training: start from a trained 16s (score_pool3 starts at zero)."""
+        return cls.from_model(fcn16s)

@@ -38,6 +38,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(data, tmp_path):
     assert [entry["epoch"] for entry in log] == [1, 2] and 0 <= log[-1]["mean_iu"] <= 1
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
     config = TrainConfig(data=data, out=str(tmp_path / "nan"), **{**SMALL, "lr": 1e30})
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):

@@ -138,7 +138,10 @@ class Tensor:
     def __neg__(self): return Neg.apply(self)
     def __mul__(self, other): return Mul.apply(self, other)
     def __rmul__(self, other): return Mul.apply(other, self)
-    def __truediv__(self, other): return Mul.apply(self, 1.0 / as_array(other))
+    def __truediv__(self, other):
+        if isinstance(other, Tensor) and other.requires_grad:
+            raise TypeError("division by a Tensor that requires grad is not supported; divide by a constant")
+        return Mul.apply(self, 1.0 / as_array(other))
     def __matmul__(self, other): return MatMul.apply(self, other)
     def __rmatmul__(self, other): return MatMul.apply(other, self)
     def __getitem__(self, index): return GetItem.apply(self, index=index)

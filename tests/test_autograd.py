@@ -58,3 +58,10 @@ def test_deep_graph_does_not_hit_recursion_limit():
         y = y + 1.0
     y.backward()
     assert x.grad == 1.0
+
+
+def test_division_by_a_tensor_needing_grad_is_refused():
+    x = Tensor(np.ones(2), requires_grad=True)
+    assert (x / 2.0).data.tolist() == [0.5, 0.5]
+    with pytest.raises(TypeError, match="divide by a constant"):
+        x / x

@@ -43,14 +43,14 @@ class FCN(Backbone):
         self.config = dict(num_classes=num_classes, width=width, fc_width=fc_width, input_mode=input_mode,
                            learnable=learnable, seed=seed)
         self.input_mode, self.num_classes, self.learnable = input_mode, num_classes, learnable
-        self.rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed)
         pad100 = input_mode == "pad100"
-        backbone = vgg16_backbone(width, 100 if pad100 else 1, self.rng)
+        backbone = vgg16_backbone(width, 100 if pad100 else 1, rng)
         self.add_layers(backbone)
         c5 = scaled(512, width)
-        self.fc6 = nn.Conv2d(c5, fc_width, 7, padding=0 if pad100 else 3, rng=self.rng)
+        self.fc6 = nn.Conv2d(c5, fc_width, 7, padding=0 if pad100 else 3, rng=rng)
         self.relu6, self.drop6 = nn.ReLU(), nn.Dropout(0.5, seed=seed + 6)
-        self.fc7 = nn.Conv2d(fc_width, fc_width, 1, rng=self.rng)
+        self.fc7 = nn.Conv2d(fc_width, fc_width, 1, rng=rng)
         self.relu7, self.drop7 = nn.ReLU(), nn.Dropout(0.5, seed=seed + 7)
         self.score_fr = self.score_layer(fc_width)
         self.path = [n for n, _ in backbone] + ["fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "score_fr"]

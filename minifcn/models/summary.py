@@ -2,7 +2,7 @@
 
 from .. import nn
 from ..functional import pool_output_size
-from ..im2col import conv_output_size
+from ..im2col import conv_output_hw
 
 
 def summary(model, input_size=(500, 500)):
@@ -19,8 +19,7 @@ def summary(model, input_size=(500, 500)):
         size = [n + (-n % 32) for n in size]
     for layer in layers:
         if isinstance(layer, nn.Conv2d):
-            size = [conv_output_size(n, k, s, p, d) for n, k, s, p, d in
-                    zip(size, layer.kernel_size, layer.stride, layer.padding, layer.dilation)]
+            size = list(conv_output_hw(size, layer.kernel_size, layer.stride, layer.padding, layer.dilation))
         elif isinstance(layer, nn.MaxPool2d):
             size = [pool_output_size(n, k, s, p, layer.ceil_mode) for n, k, s, p in
                     zip(size, layer.kernel_size, layer.stride, layer.padding)]

@@ -53,13 +53,20 @@ def as_array(value):
     return array.astype(np.float32) if array.dtype == np.float64 else array
 
 
+def _on_backend(array):
+    """Host arrays move to the GPU when the backend is "cupy"; otherwise arrays stay where they are."""
+    from .backend import xp  # late import: backend imports the kernels, which import this module
+    target = xp()
+    return target.asarray(array) if target is not np and array_module(array) is np else array
+
+
 class Tensor:
     """An array with an optional gradient and a link to the op that made it."""
 
     __array_priority__ = 1000  # so that ndarray + Tensor calls Tensor.__radd__
 
     def __init__(self, data, requires_grad=False):
-        self.data = as_array(data)
+        self.data = _on_backend(as_array(data))
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self._ctx = None  # the Function that produced this tensor, if any
@@ -115,8 +122,9 @@ class Tensor:
                     if current._ctx is not None:
                         stack.extend((p, False) for p in current._ctx.parents if p.requires_grad)
 
-        visit(self)
-        grads = {id(self): grad}
+        start = self._node if self._ctx is not None else self
+        visit(start)
+        grads = {id(start): grad}
         for node in reversed(order):
             g = grads.pop(id(node))
             if node._ctx is None:  # a leaf: keep its gradient
@@ -165,6 +173,20 @@ class Tensor:
         return self.transpose()
 
 
+class _Node:
+    """The graph's record of a computed tensor: the op that made it, without its data.
+
+    Ops hold their inputs through these, so an intermediate array is freed as
+    soon as neither the user nor an op's saved state needs it (a conv output
+    that only fed a ReLU is not kept alive by the graph).
+    """
+
+    __slots__ = ("_ctx", "requires_grad")
+
+    def __init__(self, ctx):
+        self._ctx, self.requires_grad = ctx, True
+
+
 def as_tensor(value):
     return value if isinstance(value, Tensor) else Tensor(value)
 
@@ -192,8 +214,8 @@ class Function:
         out = Tensor(fn.forward(*(t.data for t in tensors), **params))
         if _grad_enabled and any(fn.needs_grad):
             out.requires_grad = True
-            out._ctx = fn
-            fn.parents = tensors
+            out._ctx, out._node = fn, _Node(fn)
+            fn.parents = [t if t._ctx is None else t._node for t in tensors]
         return out
 
 

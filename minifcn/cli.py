@@ -12,11 +12,11 @@ from .data import VOC_CLASSES, VOCSegmentation, synthesize
 from .data.download import download
 from .data.voc import read_image
 from .metrics import format_scores
-from .train import TrainConfig, TrainingDiverged, evaluate, load_checkpoint, predict, train
+from .train import TrainConfig, TrainingDiverged, evaluate, load_checkpoint, open_dataset, predict, train
 from .viz import colorize, overlay, panel, save_png
 
 
-OPTIONAL_TYPES = {"crop": int, "train_subset": int, "val_subset": int, "init": str}
+OPTIONAL_TYPES = {"crop": int, "train_subset": int, "val_subset": int, "init": str, "image_size": int}
 
 
 def add_train_options(p):
@@ -44,9 +44,9 @@ def cmd_train(args):
 
 def cmd_eval(args):
     config, model, _ = load_checkpoint(args.checkpoint)
-    dataset = VOCSegmentation(args.data or config.data, args.split, args.subset)
+    dataset = open_dataset(dataclasses.replace(config, data=args.data or config.data), args.split, args.subset)
     result = evaluate(model, dataset, config.batch_size, config.num_classes, progress=True).scores()
-    print(format_scores(result, VOC_CLASSES))
+    print(format_scores(result, dataset.classes))
     return result
 
 
@@ -72,7 +72,7 @@ def cmd_summary(args):
 
 def cmd_data(args):
     if args.action == "synth":
-        synthesize(args.root, args.train, args.val, args.size, args.seed, args.layouts)
+        synthesize(args.root, args.train, args.val, args.size, args.seed, args.layouts, style=args.style)
         print(f"wrote a VOC-format dataset to {args.root}")
     else:
         print(f"VOC2012 ready at {download(args.name, args.root)}")
@@ -143,6 +143,8 @@ def parser():
     s.add_argument("--size", type=int, default=96)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--layouts", help="a folder of real VOC palette PNGs to paint instead of drawn shapes")
+    s.add_argument("--style", default="plain", choices=["plain", "texture"],
+                   help="plain: overlapping class colours; texture: classes differ only by texture")
     d = actions.add_parser("download", help="fetch and unpack an official archive (MD5-checked, resumable)")
     d.add_argument("name", choices=["voc2012"])
     d.add_argument("--root", required=True)

@@ -6,8 +6,9 @@ returns a Tensor; ``im2col``/``col2im`` work on plain arrays.
 
 import numpy as np
 
+from . import backend
 from .autograd import Function, Tensor, array_module, as_array
-from .im2col import col2im, conv_output_hw, conv_output_size, conv_transpose_output_size, im2col, pair
+from .im2col import _geometry, col2im, conv_output_hw, conv_output_size, conv_transpose_output_size, im2col, pair
 
 __all__ = ["im2col", "col2im", "conv2d", "conv_transpose2d", "max_pool2d", "relu", "dropout",
            "pad2d", "crop", "softmax_cross_entropy", "conv_output_size", "conv_transpose_output_size",
@@ -27,22 +28,81 @@ def _check_conv_operands(x, w, b, channel_axis, op):
         raise ValueError(f"{op}: bias of shape {b.shape} does not match {out_channels} output channels")
 
 
+def _row_chunks(N, OH, row_bytes):
+    """(batch slice, output-row slice) pieces whose im2col columns fit in the workspace limit.
+
+    Whole images are grouped while they fit; a single image too big for the
+    limit is cut into blocks of output rows.
+    """
+    rows = max(1, backend.workspace_limit() // max(row_bytes, 1))
+    if rows >= OH:
+        items = max(1, rows // OH)
+        for n in range(0, N, items):
+            yield slice(n, min(n + items, N)), slice(0, OH)
+    else:
+        for n in range(N):
+            for r in range(0, OH, rows):
+                yield slice(n, n + 1), slice(r, min(r + rows, OH))
+
+
+def _conv_pieces(input_shape, kernel, stride, padding, dilation, channels, itemsize):
+    """For each chunk: (batch slice, output rows, the padded-input rows they read)."""
+    (kh, kw), (sh, sw), (dh, dw) = pair(kernel), pair(stride), pair(dilation)
+    OH, OW = conv_output_hw(input_shape[2:], (kh, kw), stride, padding, dilation)
+    for ns, rs in _row_chunks(input_shape[0], OH, channels * kh * kw * OW * itemsize):
+        yield ns, rs, slice(rs.start * sh, (rs.stop - 1) * sh + dh * (kh - 1) + 1)
+
+
+def _padded(x, padding):
+    ph, pw = pair(padding)
+    return array_module(x).pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+
+
+def _conv_forward(x, w, stride, padding, dilation):
+    """y = W @ im2col(x), W = w.reshape(Cout, Cin*kh*kw), one workspace-sized chunk at a time."""
+    *_, (OH, OW) = _geometry(x.shape, w.shape[2:], stride, padding, dilation)  # validates, names bad input
+    N, Cout = x.shape[0], w.shape[0]
+    xp, W = _padded(x, padding), w.reshape(Cout, -1)
+    y = array_module(x).empty((N, Cout, OH, OW), dtype=np.result_type(x.dtype, w.dtype))
+    for ns, rs, rows in _conv_pieces(x.shape, w.shape[2:], stride, padding, dilation, x.shape[1], x.itemsize):
+        cols = backend.ops().im2col(xp[ns, :, rows], w.shape[2:], stride, 0, dilation)
+        y[ns, :, rs] = (W @ cols).reshape(-1, Cout, rs.stop - rs.start, OW)
+    return y
+
+
 def _conv_input_grad(g, w, input_shape, stride, padding, dilation):
     """dL/dx of y = conv2d(x, w) from dL/dy: col2im(W^T g). This IS conv_transpose2d.
 
     With W = w.reshape(Cout, Cin*kh*kw) and y = W @ im2col(x), the chain rule
     gives dL/dcols = W^T @ g, and col2im (the adjoint of im2col) folds that
-    back onto the image.
+    back onto the image. Done chunk by chunk, each fold added into its rows.
     """
-    N, Cout = g.shape[:2]
-    cols = w.reshape(Cout, -1).T @ g.reshape(N, Cout, -1)
-    return col2im(cols, input_shape, w.shape[2:], stride, padding, dilation)
+    N, Cout, OH, OW = g.shape
+    ph, pw = pair(padding)
+    H, W_ = input_shape[2:]
+    Wt = w.reshape(Cout, -1).T
+    dxp = array_module(g).zeros((N, input_shape[1], H + 2 * ph, W_ + 2 * pw), dtype=np.result_type(g.dtype, w.dtype))
+    for ns, rs, rows in _conv_pieces(input_shape, w.shape[2:], stride, padding, dilation, input_shape[1], g.itemsize):
+        piece = dxp[ns, :, rows]
+        cols = Wt @ g[ns, :, rs].reshape(piece.shape[0], Cout, -1)
+        piece += backend.ops().col2im(cols, piece.shape, w.shape[2:], stride, 0, dilation)
+    return dxp[:, :, ph: ph + H, pw: pw + W_]
 
 
-def _conv_weight_grad(g, cols, w_shape):
-    """dL/dW = sum over batch and positions of g (Cout x L) times cols^T (L x K)."""
-    N, Cout = g.shape[:2]
-    return np.tensordot(g.reshape(N, Cout, -1), cols, axes=([0, 2], [0, 2])).reshape(w_shape)
+def _conv_weight_grad(g, x, w_shape, stride, padding, dilation):
+    """dL/dW = sum over batch and positions of g (Cout x L) times im2col(x)^T (L x K), chunk by chunk.
+
+    The columns are recomputed from the kept input x rather than stored by the
+    forward pass: one more unfold, and k*k times less memory held for backward.
+    """
+    Cout = g.shape[1]
+    xp = _padded(x, padding)
+    dw = array_module(g).zeros((Cout, int(np.prod(w_shape[1:]))), dtype=g.dtype)
+    for ns, rs, rows in _conv_pieces(x.shape, w_shape[2:], stride, padding, dilation, x.shape[1], x.itemsize):
+        cols = backend.ops().im2col(xp[ns, :, rows], w_shape[2:], stride, 0, dilation)
+        gk = g[ns, :, rs].reshape(cols.shape[0], Cout, -1)
+        dw += array_module(g).tensordot(gk, cols, axes=([0, 2], [0, 2]))
+    return dw.reshape(w_shape)
 
 
 class Conv2d(Function):
@@ -51,18 +111,16 @@ class Conv2d(Function):
     def forward(self, x, w, b=None, stride=1, padding=0, dilation=1):
         _check_conv_operands(x, w, b, 1, "conv2d")
         self.params = stride, padding, dilation
-        cols = im2col(x, w.shape[2:], stride, padding, dilation)
-        OH, OW = conv_output_hw(x.shape[2:], w.shape[2:], stride, padding, dilation)
-        y = (w.reshape(w.shape[0], -1) @ cols).reshape(x.shape[0], w.shape[0], OH, OW)
+        y = _conv_forward(x, w, stride, padding, dilation)
         if b is not None:
             y += b.reshape(1, -1, 1, 1)
         self.x_shape, self.w = x.shape, w
-        self.cols = cols if self.needs_grad[1] else None  # kept only if dW is wanted
+        self.x = x if self.needs_grad[1] else None  # kept only if dW is wanted
         return y
 
     def backward(self, g):
         dx = _conv_input_grad(g, self.w, self.x_shape, *self.params) if self.needs_grad[0] else None
-        dw = _conv_weight_grad(g, self.cols, self.w.shape) if self.needs_grad[1] else None
+        dw = _conv_weight_grad(g, self.x, self.w.shape, *self.params) if self.needs_grad[1] else None
         db = g.sum(axis=(0, 2, 3)) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
         return dx, dw, db
 
@@ -97,13 +155,8 @@ class ConvTranspose2d(Function):
         return y
 
     def backward(self, g):
-        cols = im2col(g, self.w.shape[2:], *self.params) if self.needs_grad[0] or self.needs_grad[1] else None
-        dx = None
-        if self.needs_grad[0]:
-            Cin = self.w.shape[0]
-            hw = conv_output_hw(g.shape[2:], self.w.shape[2:], *self.params)
-            dx = (self.w.reshape(Cin, -1) @ cols).reshape(g.shape[0], Cin, *hw)
-        dw = _conv_weight_grad(self.x, cols, self.w.shape) if self.needs_grad[1] else None
+        dx = _conv_forward(g, self.w, *self.params) if self.needs_grad[0] else None
+        dw = _conv_weight_grad(self.x, g, self.w.shape, *self.params) if self.needs_grad[1] else None
         db = g.sum(axis=(0, 2, 3)) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
         return dx, dw, db
 
@@ -155,24 +208,13 @@ class MaxPool2d(Function):
         if OH < 1 or OW < 1:  # ceil mode lets one window overhang; floor mode needs a whole one
             raise ValueError(f"max_pool2d: kernel {(kh, kw)} is larger than the padded input "
                              f"{(H + 2 * ph, W + 2 * pw)} of shape {x.shape}")
-        # -inf padding up to the extent the last (ceil-mode) window reaches.
-        bottom, right = (OH - 1) * sh + kh - H - ph, (OW - 1) * sw + kw - W - pw
-        xp = array_module(x).pad(x, ((0, 0), (0, 0), (ph, max(bottom, 0)), (pw, max(right, 0))),
-                                 constant_values=-np.inf)
-        windows = array_module(x).stack([xp[:, :, i: i + sh * OH: sh, j: j + sw * OW: sw]
-                                         for i in range(kh) for j in range(kw)])
-        self.argmax = windows.argmax(axis=0)  # which kernel offset won, per output
-        self.geometry = (kh, kw), (sh, sw), (ph, pw), xp.shape, x.shape
-        return windows.max(axis=0)
+        self.geometry = (kh, kw), (sh, sw), (ph, pw), x.shape
+        y, self.argmax = backend.ops().max_pool(x, (kh, kw), (sh, sw), (ph, pw), (OH, OW))
+        return y
 
     def backward(self, g):
-        (kh, kw), (sh, sw), (ph, pw), padded_shape, (N, C, H, W) = self.geometry
-        OH, OW = g.shape[2:]
-        dxp = array_module(g).zeros(padded_shape, dtype=g.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                dxp[:, :, i: i + sh * OH: sh, j: j + sw * OW: sw] += g * (self.argmax == i * kw + j)
-        return dxp[:, :, ph: ph + H, pw: pw + W]
+        kernel, stride, padding, x_shape = self.geometry
+        return backend.ops().max_pool_backward(g, self.argmax, x_shape, kernel, stride, padding)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
@@ -180,12 +222,14 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
 
 
 class ReLU(Function):
+    """max(x, 0). It keeps its output for backward: the next conv keeps that same array anyway."""
+
     def forward(self, x):
-        self.positive = x > 0
-        return x * self.positive
+        self.y = backend.ops().relu(x)
+        return self.y
 
     def backward(self, g):
-        return g * self.positive
+        return backend.ops().relu_backward(g, self.y)
 
 
 def relu(x):
@@ -240,28 +284,19 @@ class SoftmaxCrossEntropy(Function):
 
     def forward(self, logits, target, ignore_index=255, reduction="mean", weight=None):
         xp = array_module(logits)
-        K = logits.shape[1]
-        z = xp.moveaxis(logits, 1, -1)  # (..., K)
-        shifted = z - z.max(axis=-1, keepdims=True)
-        log_norm = xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
-        log_p = shifted - log_norm
-        valid = target != ignore_index
-        safe_target = xp.where(valid, target, 0)
-        w = valid.astype(logits.dtype) if weight is None else weight.astype(logits.dtype)[safe_target] * valid
-        picked = xp.take_along_axis(log_p, safe_target[..., None], axis=-1)[..., 0]
-        total = -(w * picked).sum()
-        denom = w.sum() if reduction == "mean" else logits.dtype.type(1)
-        self.saved = log_p, safe_target, w, denom
+        N, K = logits.shape[:2]
+        z, t = logits.reshape(N, K, -1), xp.asarray(target).reshape(N, -1)
+        weight = xp.ones(K, logits.dtype) if weight is None else xp.asarray(weight, dtype=logits.dtype)
+        total, denom = backend.ops().softmax_xent(z, t, weight, ignore_index)
+        if reduction == "sum":
+            denom = logits.dtype.type(1)
+        self.saved, self.shape = (z, t, weight, ignore_index, float(denom)), logits.shape
         return xp.asarray(total / denom if denom > 0 else total * 0, dtype=logits.dtype)
 
     def backward(self, g):
-        xp = array_module(g)
-        log_p, safe_target, w, denom = self.saved
-        grad = xp.exp(log_p)
-        xp.put_along_axis(grad, safe_target[..., None],
-                          xp.take_along_axis(grad, safe_target[..., None], axis=-1) - 1, axis=-1)
-        scale = w / denom if denom > 0 else w * 0
-        return xp.moveaxis(grad * (g * scale)[..., None], -1, 1), None
+        z, t, weight, ignore_index, denom = self.saved
+        scale = float(g) / denom if denom > 0 else 0.0
+        return backend.ops().softmax_xent_backward(z, t, weight, ignore_index, scale).reshape(self.shape), None
 
 
 def softmax_cross_entropy(logits, target, ignore_index=255, reduction="mean", weight=None):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from . import functional as F
 from . import models, nn
 from .autograd import Tensor, no_grad
-from .data import VOCSegmentation, augment, batches, normalize
+from .data import SIFTFlow, VOCSegmentation, augment, batches, normalize
 from .metrics import ConfusionMatrix
 from .optim import SGD
 
@@ -28,6 +28,8 @@ from .optim import SGD
 class TrainConfig:
     data: str
     out: str = "runs/fcn"
+    dataset: str = "voc"  # or "siftflow" (then num_classes=33)
+    image_size: int = None  # siftflow: resize every image to this square size
     model: str = "fcn8s"
     width: float = 0.125
     fc_width: int = 512
@@ -51,10 +53,20 @@ class TrainConfig:
     init: str = None  # a checkpoint whose matching weights start this model (32s -> 16s -> 8s)
     seed: int = 0
     checkpoint_every: int = 50  # steps between checkpoints (and at every epoch end)
+    val_every: int = 1  # epochs between validation passes (0: never during training)
 
     def model_config(self):
         return dict(num_classes=self.num_classes, width=self.width, fc_width=self.fc_width,
                     input_mode=self.input_mode, learnable=self.learnable, seed=self.seed)
+
+
+def open_dataset(config, split, subset=None):
+    """The dataset a config names: a VOCdevkit tree or a SIFT Flow folder."""
+    if config.dataset == "voc":
+        return VOCSegmentation(config.data, split, subset)
+    if config.dataset == "siftflow":
+        return SIFTFlow(config.data, split, config.image_size, subset)
+    raise ValueError(f"dataset must be 'voc' or 'siftflow', got {config.dataset!r}")
 
 
 class TrainingDiverged(RuntimeError):
@@ -107,16 +119,24 @@ def learning_rate(config, step, total_steps):
     raise ValueError(f"lr_policy must be 'poly' or 'fixed', got {config.lr_policy!r}")
 
 
+def predictions(model, dataset, batch_size=4, progress=False):
+    """Yield (predicted classes, labels) batches over ``dataset`` in order, in eval mode, no augmentation."""
+    model.eval()
+    try:
+        with no_grad():
+            for x, y in tqdm(batches(dataset, batch_size, np.arange(len(dataset))),
+                             total=math.ceil(len(dataset) / batch_size), desc="eval", disable=not progress,
+                             leave=False):
+                yield model(Tensor(x)).numpy().argmax(axis=1), y
+    finally:
+        model.train()
+
+
 def evaluate(model, dataset, batch_size=4, num_classes=21, progress=False):
     """Confusion matrix of ``model`` over ``dataset`` (no augmentation)."""
-    model.eval()
     cm = ConfusionMatrix(num_classes)
-    order = np.arange(len(dataset))
-    with no_grad():
-        for x, y in tqdm(batches(dataset, batch_size, order), total=math.ceil(len(dataset) / batch_size),
-                         desc="eval", disable=not progress, leave=False):
-            cm.update(model(Tensor(x)).data.argmax(axis=1), y)
-    model.train()
+    for pred, y in predictions(model, dataset, batch_size, progress):
+        cm.update(pred, y)
     return cm
 
 
@@ -124,8 +144,8 @@ def train(config, resume=False, max_steps=None, progress=True, log=print):
     """Train ``config.model``; returns (model, last metrics). ``max_steps`` stops early (as an interrupt would)."""
     os.makedirs(config.out, exist_ok=True)
     ckpt_path, log_path = os.path.join(config.out, "checkpoint.npz"), os.path.join(config.out, "metrics.jsonl")
-    train_set = VOCSegmentation(config.data, config.train_split, config.train_subset)
-    val_set = VOCSegmentation(config.data, config.val_split, config.val_subset)
+    train_set = open_dataset(config, config.train_split, config.train_subset)
+    val_set = open_dataset(config, config.val_split, config.val_subset)
     model = models.build(config.model, **config.model_config())
     if config.init:  # staged training: copy every weight whose name and shape match
         _, source, _ = load_checkpoint(config.init)
@@ -172,7 +192,7 @@ def train(config, resume=False, max_steps=None, progress=True, log=print):
                 (loss * (1.0 / config.accum_steps)).backward()
                 loss_total += loss.item() / config.accum_steps
                 valid = y != 255
-                correct += int((scores.data.argmax(axis=1) == y)[valid].sum())
+                correct += int((scores.numpy().argmax(axis=1) == y)[valid].sum())
                 counted += int(valid.sum())
             if not np.isfinite(loss_total):
                 raise TrainingDiverged(f"loss became {loss_total} at step {step} (epoch {epoch}); the last good "
@@ -184,9 +204,11 @@ def train(config, resume=False, max_steps=None, progress=True, log=print):
             bar.set_postfix(loss=f"{loss_total:.3f}", acc=f"{correct / max(counted, 1):.3f}",
                             img_s=f"{seen / (time.time() - started):.1f}")
             if step % steps_per_epoch == 0:
-                cm = evaluate(model, val_set, config.batch_size, config.num_classes)
-                metrics = {"epoch": step // steps_per_epoch, "step": step, "loss": loss_total, **{
-                    k: v for k, v in cm.scores().items() if not k.startswith("class")}}
+                epoch_done = step // steps_per_epoch
+                metrics = {"epoch": epoch_done, "step": step, "loss": loss_total}
+                if config.val_every and (epoch_done % config.val_every == 0 or step == total_steps):
+                    cm = evaluate(model, val_set, config.batch_size, config.num_classes)
+                    metrics.update({k: v for k, v in cm.scores().items() if not k.startswith("class")})
                 with open(log_path, "a") as f:
                     f.write(json.dumps(metrics) + "\n")
                 checkpoint()
@@ -207,4 +229,4 @@ def predict(model, image):
     """Class indices (H, W) for one uint8 HxWx3 image."""
     model.eval()
     with no_grad():
-        return model(Tensor(normalize(image)[None])).data.argmax(axis=1)[0].astype(np.uint8)
+        return model(Tensor(normalize(image)[None])).numpy().argmax(axis=1)[0].astype(np.uint8)

@@ -43,3 +43,27 @@ def panel(rows, gap=4, scale=2):
 
 def save_png(path, rgb):
     Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(path)
+
+
+def prediction_grid(rows, names, path, title=None):
+    """A titled figure: one row per image -- photo, each model's prediction (in ``names`` order), truth.
+
+    ``rows``: (image, label, {name: prediction}) triples, as ``experiment.stage_predictions`` makes.
+    """
+    import matplotlib.pyplot as plt  # imported here: the rest of minifcn does not need matplotlib
+
+    columns = ["image"] + list(names) + ["ground truth"]
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.2 * len(columns), 2.0 * len(rows)), squeeze=False)
+    for r, (image, label, preds) in enumerate(rows):
+        tiles = [image] + [colorize(p) for p in preds.values()] + [colorize(label)]
+        for c, tile in enumerate(tiles):
+            ax = axes[r, c]
+            ax.imshow(tile, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[c], fontsize=11)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -132,6 +132,60 @@ def paint(label, rng):
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+# The "texture" style: every class is a pattern (kind, period px, angle deg); its two colours are drawn
+# per instance from one distribution shared by all classes, so a pixel's colour says nothing about its class.
+_PATTERNS = [("stripes", p, a) for p in (4, 6, 9) for a in (0, 45, 90, 135)] + \
+            [("checker", p, a) for p in (4, 6, 9) for a in (0, 45)] + [("dots", 5, 0), ("dots", 8, 0)]
+
+
+def pattern(kind, period, angle, yy, xx, phase):
+    """A pattern in [0, 1]: stripes, a checkerboard or a dot grid, rotated by ``angle`` degrees."""
+    a = np.deg2rad(angle)
+    u = (yy * np.sin(a) + xx * np.cos(a)) * (2 * np.pi / period) + phase[0]
+    v = (yy * np.cos(a) - xx * np.sin(a)) * (2 * np.pi / period) + phase[1]
+    if kind == "stripes":
+        return 0.5 + 0.5 * np.sin(u)
+    if kind == "checker":
+        return (np.sin(u) * np.sin(v) > 0).astype(np.float32)
+    if kind == "dots":
+        return ((np.cos(u) + np.cos(v)) > 1.0).astype(np.float32)
+    raise ValueError(f"unknown pattern kind {kind!r}")
+
+
+def paint_textured(label, rng):
+    """Classes told apart by texture only, on a cluttered background of smooth random-coloured blobs.
+
+    Colours come from one shared distribution, so a pixelwise classifier is near chance; the
+    period, angle and phase jitter per instance, so the net must learn the pattern, not a template.
+    """
+    h, w = label.shape
+    yy, xx = _grid(h, w)
+    image = np.empty((h, w, 3), np.float32)
+    image[:] = rng.uniform(0, 255, 3)
+    for _ in range(rng.integers(4, 10)):  # clutter: soft blobs of random colour
+        blob = ellipse(yy, xx, rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.05, 0.3) * h,
+                       rng.uniform(0.05, 0.3) * w)
+        image[blob] = rng.uniform(0, 255, 3)
+    image += (yy / h - 0.5)[..., None] * rng.normal(0, 40, 3)
+    label = np.where(label == IGNORE, 0, label)
+    for cls in np.unique(label):
+        if cls == 0:
+            continue
+        kind, period, angle = _PATTERNS[(int(cls) - 1) % len(_PATTERNS)]
+        p = pattern(kind, period * rng.uniform(0.9, 1.1), angle + rng.uniform(-8, 8), yy, xx,
+                    rng.uniform(0, 2 * np.pi, 2))[..., None]
+        a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        while np.abs(a - b).sum() < 150:  # the pattern must be visible
+            b = rng.uniform(0, 255, 3)
+        region = label == cls
+        image[region] = (a * (1 - p) + b * p)[region]
+    image += rng.normal(0, 10, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+PAINTERS = {"plain": paint, "texture": paint_textured}
+
+
 def synth_label(rng, size):
     h = w = size
     yy, xx = _grid(h, w)
@@ -153,19 +207,38 @@ def layout_label(path, size):
     return np.array(Image.fromarray(label).resize(new, Image.NEAREST))
 
 
-def synthesize(root, n_train=200, n_val=50, size=96, seed=0, layouts=None, progress=True):
+def layout_ids(layouts, n_train, n_val):
+    """Train and val ids from a folder of VOC label PNGs: the official split lists when ImageSets/
+    sits beside the folder (as in VOCdevkit), else the sorted file names, split in order."""
+    lists = os.path.join(os.path.dirname(os.path.abspath(layouts)), "ImageSets", "Segmentation")
+    if all(os.path.isfile(os.path.join(lists, f"{s}.txt")) for s in ("train", "val")):
+        ids = {}
+        for split in ("train", "val"):
+            with open(os.path.join(lists, f"{split}.txt")) as f:
+                ids[split] = [line.split()[0] for line in f if line.strip()]
+        train, val = ids["train"][:n_train], ids["val"][:n_val]
+    else:
+        names = sorted(os.path.splitext(f)[0] for f in os.listdir(layouts) if f.endswith(".png"))
+        train, val = names[:n_train], names[n_train:n_train + n_val]
+    if len(train) < n_train or len(val) < n_val:
+        raise ValueError(f"layouts {layouts} give {len(train)} train and {len(val)} val maps; "
+                         f"asked for {n_train} and {n_val}")
+    return {"train": train, "val": val}
+
+
+def synthesize(root, n_train=200, n_val=50, size=96, seed=0, layouts=None, progress=True, style="plain"):
     """Write a VOCdevkit-style tree under ``root``; returns the root.
 
     ``layouts``: a folder of VOC palette PNGs (and optionally ImageSets/ beside it)
-    whose shapes are painted instead of drawn ones.
+    whose shapes are painted instead of drawn ones. ``style``: "plain" (class
+    colours that overlap) or "texture" (classes differ only by texture).
     """
     for sub in ("JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation")):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
-    sources = None
-    if layouts is not None:
-        sources = sorted(f for f in os.listdir(layouts) if f.endswith(".png"))
-        if len(sources) < n_train + n_val:
-            raise ValueError(f"layouts folder {layouts} has {len(sources)} PNGs, fewer than {n_train + n_val}")
+    if style not in PAINTERS:
+        raise ValueError(f"style must be one of {sorted(PAINTERS)}, got {style!r}")
+    painter = PAINTERS[style]
+    sources = None if layouts is None else layout_ids(layouts, n_train, n_val)
     splits = {"train": range(n_train), "val": range(n_train, n_train + n_val)}
     for split, indices in splits.items():
         ids = []
@@ -173,11 +246,11 @@ def synthesize(root, n_train=200, n_val=50, size=96, seed=0, layouts=None, progr
             rng = np.random.default_rng([seed, i])
             if sources is None:  # drawn shapes: paint the clean map, then add VOC's void band
                 image_id, label = f"synth_{i:05d}", synth_label(rng, size)
-                image, label = paint(label, rng), void_border(label)
+                image, label = painter(label, rng), void_border(label)
             else:  # real shapes already carry their void band
-                image_id = os.path.splitext(sources[i])[0]
-                label = layout_label(os.path.join(layouts, sources[i]), size)
-                image = paint(label, rng)
+                image_id = sources[split][i - indices.start]
+                label = layout_label(os.path.join(layouts, f"{image_id}.png"), size)
+                image = painter(label, rng)
             Image.fromarray(image).save(os.path.join(root, "JPEGImages", f"{image_id}.jpg"), quality=95)
             write_label(os.path.join(root, "SegmentationClass", f"{image_id}.png"), label)
             ids.append(image_id)

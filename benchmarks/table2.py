@@ -1,0 +1,118 @@
+"""The paper's Table 2 (FCN-32s-fixed, 32s, 16s, 8s) on real VOC object outlines, on a CPU.
+
+Data: the real VOC 2012 label maps (``../shared/data/voc2012-masks`` or
+$MINIFCN_VOC_MASKS), painted with the synthetic generator's "texture" style:
+classes differ only by texture, colours are drawn from one shared
+distribution, backgrounds are cluttered. Train layouts come from VOC's
+``train`` list, evaluation from its ``val`` list.
+
+Stages, as in the paper: FCN-32s-fixed (frozen bilinear upsampling), FCN-32s,
+FCN-16s from that FCN-32s, FCN-8s from that FCN-16s, plus a pixelwise
+baseline of 1x1 convolutions. Re-running resumes from the checkpoints.
+
+    python benchmarks/table2.py            # writes benchmarks/results/table2.{json,png}
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from minifcn.data import VOC_CLASSES, VOCSegmentation, synthesize
+from minifcn.experiment import Stage, run_stages, stage_predictions
+from minifcn.train import TrainConfig
+from minifcn.viz import prediction_grid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MASKS = os.environ.get("MINIFCN_VOC_MASKS", os.path.join(HERE, "..", "..", "shared", "data", "voc2012-masks"))
+PAPER = {  # FCN paper, Table 2 (VOC2011 val subset, ImageNet-initialised VGG16)
+    "fcn32s-fixed": {"pixel_acc": 82.9, "mean_acc": 64.6, "mean_iu": 45.4, "fw_iu": 72.3},
+    "fcn32s": {"pixel_acc": 89.1, "mean_acc": 73.3, "mean_iu": 59.4, "fw_iu": 81.4},
+    "fcn16s": {"pixel_acc": 90.0, "mean_acc": 75.7, "mean_iu": 62.4, "fw_iu": 83.0},
+    "fcn8s": {"pixel_acc": 90.3, "mean_acc": 75.9, "mean_iu": 62.7, "fw_iu": 83.2},
+}
+
+
+def stages(args):
+    data = os.path.join(args.out, "data")
+    base = TrainConfig(data=data, out="", width=args.width, fc_width=args.fc_width, input_mode="pad32",
+                       epochs=args.epochs, batch_size=8, lr=args.lr, val_every=0, seed=args.seed)
+
+    def stage(name, init_from=None, **changes):
+        return Stage(name, dataclasses.replace(base, out=os.path.join(args.out, name), **changes), init_from)
+
+    later = dict(epochs=args.later_epochs, lr=args.lr / 2)
+    return [stage("pixelwise", model="pixelwise"),
+            stage("fcn32s-fixed", model="fcn32s", learnable=False),
+            stage("fcn32s", model="fcn32s"),
+            stage("fcn16s", "fcn32s", model="fcn16s", **later),
+            stage("fcn8s", "fcn16s", model="fcn8s", **later)]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/table2", help="data, checkpoints and per-stage results")
+    p.add_argument("--results", default=os.path.join(HERE, "results"))
+    p.add_argument("--size", type=int, default=128, help="longer image side in pixels")
+    p.add_argument("--train", type=int, default=1461, help="train layouts (VOC train list has 1,461)")
+    p.add_argument("--val", type=int, default=1449, help="val layouts (VOC val list has 1,449)")
+    p.add_argument("--width", type=float, default=0.125)
+    p.add_argument("--fc-width", type=int, default=512)
+    p.add_argument("--epochs", type=int, default=8, help="epochs of the 32s stages and the baseline")
+    p.add_argument("--later-epochs", type=int, default=4, help="epochs of the 16s and 8s stages")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--band", type=int, default=3, help="boundary band half-width in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if not os.path.isdir(MASKS):
+        sys.exit(f"VOC masks not found at {MASKS}; set MINIFCN_VOC_MASKS to a VOC2012 folder with "
+                 f"SegmentationClass/ and ImageSets/Segmentation/")
+    started = time.time()
+    data = os.path.join(args.out, "data")
+    if not os.path.exists(os.path.join(data, "ImageSets", "Segmentation", "val.txt")):
+        synthesize(data, args.train, args.val, args.size, args.seed,
+                   layouts=os.path.join(MASKS, "SegmentationClass"), style="texture")
+    plan = stages(args)
+    results = run_stages(plan, band_width=args.band)
+    os.makedirs(args.results, exist_ok=True)
+    record = {"setup": {k: v for k, v in vars(args).items() if k not in ("out", "results")},
+              "train_minutes_total": sum(r["train_seconds"] for r in results.values()) / 60,
+              "this_run_minutes": (time.time() - started) / 60,
+              "results": results, "paper": PAPER, "classes": list(VOC_CLASSES)}
+    with open(os.path.join(args.results, "table2.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    val = VOCSegmentation(data, "val")
+    shown = [s for s in plan if s.name in ("fcn32s", "fcn16s", "fcn8s")]
+    rows = stage_predictions(shown, val, pick_examples(val, 5))
+    prediction_grid(rows, ["FCN-32s", "FCN-16s", "FCN-8s"],
+                    os.path.join(args.results, "table2.png"),
+                    "Real VOC outlines, painted by texture: FCN-32s, 16s, 8s on val images")
+    print(table(results))
+
+
+def pick_examples(dataset, n):
+    """Val images with a fair amount of object, spread over the list (deterministic)."""
+    chosen = []
+    for i in range(0, len(dataset), 7):
+        label = dataset[i][1]
+        if 0.15 < np.mean((label != 0) & (label != 255)) < 0.6:
+            chosen.append(i)
+        if len(chosen) == n:
+            break
+    return chosen
+
+
+def table(results):
+    lines = [f"{'':14} {'pixel acc':>9} {'mean acc':>9} {'mean IU':>8} {'f.w. IU':>8} {'boundary IU':>12} {'min':>5}"]
+    for name, r in results.items():
+        lines.append(f"{name:14} {100 * r['pixel_acc']:9.1f} {100 * r['mean_acc']:9.1f} {100 * r['mean_iu']:8.1f} "
+                     f"{100 * r['fw_iu']:8.1f} {100 * r['boundary']['mean_iu']:12.1f} {r['train_seconds'] / 60:5.1f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""One switch for where the hot loops run: "numpy" (the reference), "numba" (CPU) or "cupy" (GPU).
+
+    minifcn.set_backend("numba")      # or MINIFCN_BACKEND=numba in the environment
+    minifcn.get_backend()             # -> "numba"
+
+The default is the fastest CPU backend installed (numba, else numpy). The
+backend decides two things: which kernels ``minifcn.functional`` calls (see
+``minifcn.kernels``) and which array module new Tensors live in (NumPy, or
+CuPy on the GPU). Results never depend on it beyond float rounding.
+
+Memory: a convolution never unfolds more than ``workspace_limit()`` bytes of
+im2col columns at once; bigger inputs are done in chunks of batch items and
+output rows. Threads: Numba kernels and BLAS GEMMs run one after the other,
+never nested, so both may use every core; ``set_num_threads`` sets both.
+"""
+
+import importlib
+import os
+
+import numpy as np
+
+from .kernels import OPS, reference
+
+BACKENDS = ("numpy", "numba", "cupy")
+_state = {"name": None, "ops": None, "xp": np, "workspace": int(os.environ.get("MINIFCN_WORKSPACE_MB", 128)) << 20}
+
+
+def available(name):
+    """Whether backend ``name`` can run here (its package imports; for cupy, a CUDA device exists)."""
+    try:
+        if name == "numba":
+            importlib.import_module("numba")
+        elif name == "cupy":
+            cupy = importlib.import_module("cupy")
+            return cupy.cuda.runtime.getDeviceCount() > 0
+        return name in BACKENDS
+    except Exception:  # ImportError, or CUDA present but unusable
+        return False
+
+
+def _namespace(module):
+    """Every op: the backend's own kernel where it has one, else the reference."""
+    return type("Ops", (), {op: staticmethod(getattr(module, op, getattr(reference, op))) for op in OPS})
+
+
+def set_backend(name):
+    """Select "numpy", "numba" or "cupy"; raises with the reason if it cannot run here."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+    if not available(name):
+        need = {"numba": "pip install numba", "cupy": "a CUDA GPU and pip install 'minifcn[gpu]'"}[name]
+        raise RuntimeError(f"backend {name!r} is not available here (needs {need})")
+    if name == "numpy":
+        ops, xp = reference, np
+    elif name == "numba":
+        ops, xp = importlib.import_module(".kernels.numba_cpu", __package__), np
+    else:
+        ops, xp = importlib.import_module(".kernels.cuda", __package__), importlib.import_module("cupy")
+    _state.update(name=name, ops=_namespace(ops), xp=xp)
+    return name
+
+
+def get_backend():
+    return _state["name"]
+
+
+def ops():
+    """The current backend's kernels (``ops().im2col(...)``)."""
+    return _state["ops"]
+
+
+def xp():
+    """The array module new Tensors use: numpy, or cupy for the GPU backend."""
+    return _state["xp"]
+
+
+def workspace_limit():
+    """Most bytes of im2col columns a convolution holds at once (default 128 MiB, MINIFCN_WORKSPACE_MB)."""
+    return _state["workspace"]
+
+
+def set_workspace_limit(nbytes):
+    if nbytes < 1:
+        raise ValueError(f"workspace limit must be a positive number of bytes, got {nbytes}")
+    _state["workspace"] = int(nbytes)
+
+
+def set_num_threads(n):
+    """Use ``n`` threads in Numba kernels and in BLAS (through threadpoolctl when it is installed)."""
+    if n < 1:
+        raise ValueError(f"thread count must be >= 1, got {n}")
+    try:
+        import numba
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(n)
+    except ImportError:
+        pass
+
+
+def _default():
+    name = os.environ.get("MINIFCN_BACKEND")
+    if name:
+        return set_backend(name)
+    return set_backend("numba" if available("numba") else "numpy")
+
+
+_default()

@@ -1,0 +1,80 @@
+"""The reference ops: plain array code, written to mirror the math (see kernels/__init__.py).
+
+They run on NumPy or CuPy arrays alike (``array_module``), so the CuPy backend
+uses them for anything it has no CUDA kernel for.
+"""
+
+import numpy as np
+
+from ..autograd import array_module
+from ..im2col import col2im, im2col  # noqa: F401  (the reference im2col lives with its derivation)
+
+
+def _padded(x, kernel, stride, padding, out_hw):
+    """x padded with -inf on every side a window can reach (ceil mode may overhang bottom/right)."""
+    (kh, kw), (sh, sw), (ph, pw), (OH, OW) = kernel, stride, padding, out_hw
+    bottom, right = (OH - 1) * sh + kh - x.shape[2] - ph, (OW - 1) * sw + kw - x.shape[3] - pw
+    return array_module(x).pad(x, ((0, 0), (0, 0), (ph, max(bottom, 0)), (pw, max(right, 0))),
+                               constant_values=-np.inf)
+
+
+def max_pool(x, kernel, stride, padding, out_hw):
+    """y[n, c, oh, ow] = max_{i,j} x[n, c, oh*sh - ph + i, ow*sw - pw + j]; argmax = the winning i*kw + j."""
+    (kh, kw), (sh, sw), (OH, OW) = kernel, stride, out_hw
+    xp = _padded(x, kernel, stride, padding, out_hw)
+    windows = array_module(x).stack([xp[:, :, i: i + sh * OH: sh, j: j + sw * OW: sw]
+                                     for i in range(kh) for j in range(kw)])
+    return windows.max(axis=0), windows.argmax(axis=0).astype(np.uint8)
+
+
+def max_pool_backward(g, argmax, x_shape, kernel, stride, padding):
+    """Each output's gradient goes back to the one input that won its window."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    N, C, H, W = x_shape
+    OH, OW = g.shape[2:]
+    dxp = array_module(g).zeros((N, C, max(H + ph, (OH - 1) * sh + kh), max(W + pw, (OW - 1) * sw + kw)),
+                                dtype=g.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, :, i: i + sh * OH: sh, j: j + sw * OW: sw] += g * (argmax == i * kw + j)
+    return dxp[:, :, ph: ph + H, pw: pw + W]
+
+
+def relu(x):
+    """max(x, 0)."""
+    return array_module(x).maximum(x, 0)
+
+
+def relu_backward(g, y):
+    """d relu / dx is 1 where the output is positive, else 0."""
+    return g * (y > 0)
+
+
+def _log_softmax(z):
+    """log softmax over axis 1: z - m - log sum exp(z - m), m = max z, so no exponent overflows."""
+    xp = array_module(z)
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def _pixel_weights(t, weight, ignore_index):
+    """w[t] where the label is valid, 0 where it is ignored; and the labels made safe to index with."""
+    valid = t != ignore_index
+    safe = array_module(t).where(valid, t, 0)
+    return weight[safe] * valid, safe
+
+
+def softmax_xent(z, t, weight, ignore_index):
+    """sum_pixels -w[t] log softmax(z)[t], and sum_pixels w[t]."""
+    w, safe = _pixel_weights(t, weight, ignore_index)
+    picked = array_module(z).take_along_axis(_log_softmax(z), safe[:, None], axis=1)[:, 0]
+    return -(w * picked).sum(), w.sum()
+
+
+def softmax_xent_backward(z, t, weight, ignore_index, scale):
+    """scale * w[t] * (softmax(z) - onehot(t)), recomputing softmax from z (nothing big kept)."""
+    xp = array_module(z)
+    w, safe = _pixel_weights(t, weight, ignore_index)
+    p = xp.exp(_log_softmax(z))
+    xp.put_along_axis(p, safe[:, None], xp.take_along_axis(p, safe[:, None], axis=1) - 1, axis=1)
+    return p * (scale * w)[:, None].astype(z.dtype)

@@ -1,0 +1,116 @@
+"""Every fast kernel equals the NumPy reference (minifcn.kernels.reference) on hypothesis shapes.
+
+The Numba kernels run everywhere; the CUDA kernels run where CuPy sees a GPU.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minifcn import backend
+from minifcn.functional import pool_output_size
+from minifcn.kernels import OPS, reference
+from strategies import conv_geometry, random_arrays
+
+numba_cpu = pytest.importorskip("minifcn.kernels.numba_cpu", reason="numba is not installed")
+
+
+def _cuda():
+    if not backend.available("cupy"):
+        pytest.skip("needs a CUDA GPU and CuPy (the gpu extra); none is present here")
+    from minifcn.kernels import cuda
+    return cuda
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+KERNELS = [pytest.param(lambda: numba_cpu, lambda a: a, id="numba"),
+           pytest.param(_cuda, lambda a: __import__("cupy").asarray(a), id="cuda", marks=pytest.mark.gpu)]
+DTYPES = [np.float32, np.float64]
+
+
+def close(a, b, dtype):
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(_host(a), _host(b), rtol=tol, atol=tol)
+
+
+def test_every_backend_module_names_every_op():
+    assert all(callable(getattr(numba_cpu, op)) for op in OPS)
+    assert all(callable(getattr(reference, op)) for op in OPS)
+
+
+@pytest.mark.parametrize("module, to_device", KERNELS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(g=conv_geometry())
+def test_im2col_and_col2im_match_reference(module, to_device, dtype, g):
+    kernels = module()
+    _, x, w, _ = random_arrays(g, dtype)
+    args = (w.shape[2:], g["stride"], g["padding"], g["dilation"])
+    cols = reference.im2col(x, *args)
+    close(kernels.im2col(to_device(x), *args), cols, dtype)
+    c = np.random.default_rng(g["seed"]).standard_normal(cols.shape).astype(dtype)
+    close(kernels.col2im(to_device(c), x.shape, *args), reference.col2im(c, x.shape, *args), dtype)
+
+
+@st.composite
+def pool_geometry(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    H, W = draw(st.integers(max(1, kh - 2 * ph), 9)), draw(st.integers(max(1, kw - 2 * pw), 9))
+    ceil = draw(st.booleans())
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), H, W)
+    out = (pool_output_size(H, kh, sh, ph, ceil), pool_output_size(W, kw, sw, pw, ceil))
+    ties = draw(st.booleans())  # small integers make ties: the first maximum must win in both
+    return shape, (kh, kw), (sh, sw), (ph, pw), out, ties, draw(st.integers(0, 2**16))
+
+
+@pytest.mark.parametrize("module, to_device", KERNELS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(p=pool_geometry())
+def test_max_pool_forward_and_backward_match_reference(module, to_device, dtype, p):
+    kernels = module()
+    shape, kernel, stride, padding, out, ties, seed = p
+    rng = np.random.default_rng(seed)
+    x = (rng.integers(-2, 3, shape) if ties else rng.standard_normal(shape)).astype(dtype)
+    y, arg = reference.max_pool(x, kernel, stride, padding, out)
+    y2, arg2 = kernels.max_pool(to_device(x), kernel, stride, padding, out)
+    close(y2, y, dtype)
+    np.testing.assert_array_equal(_host(arg2), arg)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    close(kernels.max_pool_backward(to_device(g), to_device(arg), shape, kernel, stride, padding),
+          reference.max_pool_backward(g, arg, shape, kernel, stride, padding), dtype)
+
+
+@pytest.mark.parametrize("module, to_device", KERNELS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=4), seed=st.integers(0, 2**16))
+def test_relu_matches_reference(module, to_device, dtype, shape, seed):
+    kernels = module()
+    rng = np.random.default_rng(seed)
+    x, g = rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype)
+    y = kernels.relu(to_device(x))
+    close(y, reference.relu(x), dtype)
+    close(kernels.relu_backward(to_device(g), y), reference.relu_backward(g, reference.relu(x)), dtype)
+
+
+@pytest.mark.parametrize("module, to_device", KERNELS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(N=st.integers(1, 3), K=st.integers(1, 7), P=st.integers(1, 20), seed=st.integers(0, 2**16),
+       weighted=st.booleans(), scale=st.floats(0.01, 10))
+def test_softmax_cross_entropy_matches_reference(module, to_device, dtype, N, K, P, seed, weighted, scale):
+    kernels = module()
+    rng = np.random.default_rng(seed)
+    z = (5 * rng.standard_normal((N, K, P))).astype(dtype)
+    t = rng.integers(0, K, (N, P))
+    t[rng.random((N, P)) < 0.3] = 255  # ignored pixels
+    w = rng.uniform(0.1, 2, K).astype(dtype) if weighted else np.ones(K, dtype)
+    total, denom = kernels.softmax_xent(to_device(z), to_device(t), to_device(w), 255)
+    ref_total, ref_denom = reference.softmax_xent(z, t, w, 255)
+    close(np.float64(total), ref_total, dtype)
+    close(np.float64(denom), ref_denom, dtype)
+    close(kernels.softmax_xent_backward(to_device(z), to_device(t), to_device(w), 255, scale),
+          reference.softmax_xent_backward(z, t, w, 255, scale), dtype)

@@ -1,6 +1,6 @@
 """Per-layer speed of minifcn against PyTorch CPU, measured side by side in one process.
 
-    python benchmarks/layers.py            (needs the 'crosscheck' extra for PyTorch)
+    python benchmarks/layers.py            (needs the crosscheck extra; benchmarks/speed.py runs it too)
 
 Each layer runs minifcn and PyTorch alternately, ``--repeat`` times each; the
 table gives the median times, their ratio (minifcn / PyTorch: below 1 is
@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+import minifcn
 from minifcn import Tensor
 from minifcn import functional as F
 
@@ -90,15 +91,17 @@ CASES = [
 ]
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    minifcn.set_num_threads(args.threads)
     peak = gemm_peak()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"numpy {np.__version__}; float32 GEMM peak {peak:.0f} GFLOP/s (numpy 2048³)")
+          f"numpy {np.__version__}, minifcn backend {minifcn.get_backend()}; "
+          f"float32 GEMM peak {peak:.0f} GFLOP/s (numpy 2048³)")
     print(f"| layer | pass | minifcn ms | PyTorch ms | ratio | minifcn GFLOP/s (% peak) |")
     print("|---|---|---|---|---|---|")
     for make in CASES:

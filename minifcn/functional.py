@@ -53,6 +53,13 @@ def _conv_pieces(input_shape, kernel, stride, padding, dilation, channels, items
         yield ns, rs, slice(rs.start * sh, (rs.stop - 1) * sh + dh * (kh - 1) + 1)
 
 
+def _unfold(x, kernel, stride, dilation):
+    """im2col through the backend, padding already applied; a 1x1 stride-1 kernel needs no copy at all."""
+    if pair(kernel) == (1, 1) and pair(stride) == (1, 1):
+        return x.reshape(x.shape[0], x.shape[1], -1)
+    return backend.ops().im2col(x, kernel, stride, 0, dilation)
+
+
 def _padded(x, padding):
     ph, pw = pair(padding)
     return array_module(x).pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
@@ -65,7 +72,7 @@ def _conv_forward(x, w, stride, padding, dilation):
     xp, W = _padded(x, padding), w.reshape(Cout, -1)
     y = array_module(x).empty((N, Cout, OH, OW), dtype=np.result_type(x.dtype, w.dtype))
     for ns, rs, rows in _conv_pieces(x.shape, w.shape[2:], stride, padding, dilation, x.shape[1], x.itemsize):
-        cols = backend.ops().im2col(xp[ns, :, rows], w.shape[2:], stride, 0, dilation)
+        cols = _unfold(xp[ns, :, rows], w.shape[2:], stride, dilation)
         y[ns, :, rs] = (W @ cols).reshape(-1, Cout, rs.stop - rs.start, OW)
     return y
 
@@ -85,7 +92,10 @@ def _conv_input_grad(g, w, input_shape, stride, padding, dilation):
     for ns, rs, rows in _conv_pieces(input_shape, w.shape[2:], stride, padding, dilation, input_shape[1], g.itemsize):
         piece = dxp[ns, :, rows]
         cols = Wt @ g[ns, :, rs].reshape(piece.shape[0], Cout, -1)
-        piece += backend.ops().col2im(cols, piece.shape, w.shape[2:], stride, 0, dilation)
+        if pair(w.shape[2:]) == (1, 1) and pair(stride) == (1, 1):  # folding 1x1 columns is a reshape
+            piece += cols.reshape(piece.shape)
+        else:
+            piece += backend.ops().col2im(cols, piece.shape, w.shape[2:], stride, 0, dilation)
     return dxp[:, :, ph: ph + H, pw: pw + W_]
 
 
@@ -99,9 +109,9 @@ def _conv_weight_grad(g, x, w_shape, stride, padding, dilation):
     xp = _padded(x, padding)
     dw = array_module(g).zeros((Cout, int(np.prod(w_shape[1:]))), dtype=g.dtype)
     for ns, rs, rows in _conv_pieces(x.shape, w_shape[2:], stride, padding, dilation, x.shape[1], x.itemsize):
-        cols = backend.ops().im2col(xp[ns, :, rows], w_shape[2:], stride, 0, dilation)
+        cols = _unfold(xp[ns, :, rows], w_shape[2:], stride, dilation)
         gk = g[ns, :, rs].reshape(cols.shape[0], Cout, -1)
-        dw += array_module(g).tensordot(gk, cols, axes=([0, 2], [0, 2]))
+        dw += (gk @ cols.transpose(0, 2, 1)).sum(axis=0)  # per image (Cout x L)(L x K): BLAS reads cols^T in place
     return dw.reshape(w_shape)
 
 

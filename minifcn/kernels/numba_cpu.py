@@ -15,6 +15,14 @@ from numba import njit, prange
 from ..im2col import _geometry
 
 
+@njit(cache=True)
+def _valid_range(pad, offset, stride, size, out_size):
+    """The outputs o with 0 <= o*stride - pad + offset < size: [lo, hi), so inner loops need no bounds test."""
+    lo = max(0, -((offset - pad) // stride))
+    hi = min(out_size, -((offset - pad - size) // stride))
+    return lo, max(lo, hi)
+
+
 @njit(parallel=True, cache=True)
 def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, out):
     N, C, H, W = x.shape
@@ -22,14 +30,17 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, out):
         n, c = nc // C, nc % C
         for i in range(kh):
             for j in range(kw):
+                lo, hi = _valid_range(pw, j * dw, sw, W, OW)
                 for oh in range(OH):
                     ih = oh * sh - ph + i * dh
-                    for ow in range(OW):
-                        iw = ow * sw - pw + j * dw
-                        if 0 <= ih < H and 0 <= iw < W:
-                            out[n, c, i, j, oh, ow] = x[n, c, ih, iw]
-                        else:
-                            out[n, c, i, j, oh, ow] = 0
+                    row = out[n, c, i, j, oh]
+                    if ih < 0 or ih >= H:
+                        row[:] = 0
+                        continue
+                    row[:lo] = 0
+                    row[hi:] = 0
+                    for ow in range(lo, hi):
+                        row[ow] = x[n, c, ih, ow * sw - pw + j * dw]
 
 
 @njit(parallel=True, cache=True)
@@ -40,13 +51,12 @@ def _col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, out):
         n, c = nc // C, nc % C
         for i in range(kh):
             for j in range(kw):
+                lo, hi = _valid_range(pw, j * dw, sw, W, OW)
                 for oh in range(OH):
                     ih = oh * sh - ph + i * dh
                     if 0 <= ih < H:
-                        for ow in range(OW):
-                            iw = ow * sw - pw + j * dw
-                            if 0 <= iw < W:
-                                out[n, c, ih, iw] += cols[n, c, i, j, oh, ow]
+                        for ow in range(lo, hi):
+                            out[n, c, ih, ow * sw - pw + j * dw] += cols[n, c, i, j, oh, ow]
 
 
 def im2col(x, kernel_size, stride=1, padding=0, dilation=1):

@@ -1,0 +1,131 @@
+"""minifcn against PyTorch CPU, as ratios measured in the same run: layers, models, memory, cold start.
+
+    python benchmarks/speed.py [--backend numba] [--repeat 5]   (needs the 'crosscheck' extra)
+
+Sections:
+1. layers: the per-layer table of ``layers.py`` (forward and forward+backward);
+2. the small FCN-8s (width 0.125, fc 512, pad 100) SGD training step on a batch of 8 at 128x128;
+3. the full FCN-8s forward on one 500x375 image, each library in its own fresh process, with
+   that process's peak resident memory (gradients enabled, as in training);
+4. cold start: a fresh process with an empty Numba cache, from ``python`` to the end of the
+   first training step (import and kernel compilation included).
+A ratio is minifcn / PyTorch: below 1 means minifcn is faster or smaller.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+# Each child prints one JSON line: {"seconds": [...], "rss_mb": peak resident memory}.
+CHILD = r"""
+import json, resource, sys, time
+import numpy as np
+lib, what, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rng = np.random.default_rng(0)
+if lib == "torch":
+    import torch
+    torch.set_num_threads(threads)
+    sys.path.insert(0, sys.argv[4])
+    from torch_reference import TorchFCN8s
+    full = what == "full"
+    model = TorchFCN8s(21, (64, 128, 256, 512, 512) if full else (8, 16, 32, 64, 64), 4096 if full else 512)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    def run():
+        if full:
+            model(torch.tensor(x))
+        else:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(torch.tensor(x)), torch.tensor(y), ignore_index=255).backward()
+            opt.step()
+else:
+    import minifcn
+    minifcn.set_num_threads(threads)
+    from minifcn import Tensor, models, functional as F
+    from minifcn.optim import SGD
+    full = what == "full"
+    model = models.build("fcn8s", width=1.0 if full else 0.125, fc_width=4096 if full else 512)
+    opt = SGD(model.parameters(), 1e-3, 0.9)
+    def run():
+        if full:
+            model(Tensor(x))
+        else:
+            opt.zero_grad()
+            F.softmax_cross_entropy(model(Tensor(x)), y).backward()
+            opt.step()
+x = rng.standard_normal((1, 3, 375, 500) if what == "full" else (8, 3, 128, 128)).astype(np.float32)
+y = rng.integers(0, 21, (8, 128, 128))
+times = []
+for _ in range(int(sys.argv[5])):
+    t = time.perf_counter(); run(); times.append(time.perf_counter() - t)
+print(json.dumps({"seconds": times, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def child(lib, what, threads, runs, env=None):
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", CHILD, lib, what, str(threads), HERE, str(runs)],
+                         capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if out.returncode:
+        raise RuntimeError(f"{lib} {what} failed:\n{out.stderr[-2000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["wall"] = time.perf_counter() - started
+    return result
+
+
+def model_rows(args):
+    """Sections 2 and 3: alternate the two libraries, each in fresh processes."""
+    rows = []
+    for what, runs, label in (("small", args.repeat + 1, "small FCN-8s SGD step, batch 8 of 128²"),
+                              ("full", 3, "full FCN-8s forward, one 500×375 image")):
+        mine, theirs = [], []
+        for _ in range(args.processes):
+            mine.append(child("minifcn", what, args.threads, runs, {"MINIFCN_BACKEND": args.backend}))
+            theirs.append(child("torch", what, args.threads, runs))
+        a = np.median([t for r in mine for t in r["seconds"][1:]])  # the first run warms up
+        b = np.median([t for r in theirs for t in r["seconds"][1:]])
+        ma, mb = max(r["rss_mb"] for r in mine), max(r["rss_mb"] for r in theirs)
+        rows.append(f"| {label} | {a:.3f} | {b:.3f} | {a / b:.2f} | {ma:.0f} | {mb:.0f} | {ma / mb:.2f} |")
+    return rows
+
+
+def cold_start(args):
+    """Section 4: a new process, an empty Numba cache, to the end of the first small training step."""
+    with tempfile.TemporaryDirectory() as cache:
+        r = child("minifcn", "small", args.threads, 1, {"MINIFCN_BACKEND": args.backend, "NUMBA_CACHE_DIR": cache})
+    return r["wall"], r["seconds"][0]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backend", default="numba", choices=["numpy", "numba", "cupy"])
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--processes", type=int, default=2, help="fresh process pairs per model row")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--skip-layers", action="store_true")
+    args = p.parse_args()
+    os.environ["MINIFCN_BACKEND"] = args.backend
+    import layers  # noqa: E402  (reads MINIFCN_BACKEND through minifcn)
+    if not args.skip_layers:
+        layers.main(["--repeat", str(args.repeat), "--threads", str(args.threads)])
+    print(f"\nbackend {args.backend}; each row: medians over {args.processes} fresh processes per library\n")
+    print("| model | minifcn s | PyTorch s | ratio | minifcn peak MB | PyTorch peak MB | memory ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for row in model_rows(args):
+        print(row, flush=True)
+    if args.backend == "numba":
+        wall, step = cold_start(args)
+        print(f"\ncold start (empty Numba cache): {wall:.1f} s from a new process to the end of the first "
+              f"training step; the step itself {step:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -51,7 +51,7 @@ def main(argv=None):
     p.add_argument("--width", type=float, default=0.125)
     p.add_argument("--fc-width", type=int, default=512)
     p.add_argument("--epochs", type=int, default=3, help="epochs of the FCN-32s stage")
-    p.add_argument("--later-epochs", type=int, default=2, help="epochs of the 16s and 8s stages")
+    p.add_argument("--later-epochs", type=int, default=1, help="epochs of the 16s and 8s stages")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

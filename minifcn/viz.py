@@ -67,3 +67,17 @@ def prediction_grid(rows, names, path, title=None):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def matrix_plot(ax, m, title=None, fmt="{:g}", cmap="Blues", fontsize=9):
+    """A small matrix drawn as coloured cells with its values written in (for the arithmetic figures)."""
+    m = np.atleast_2d(np.asarray(m, dtype=float))
+    ax.imshow(m, cmap=cmap, vmin=min(m.min(), 0), vmax=max(m.max(), 1e-9))
+    if m.size <= 400:
+        for (r, c), v in np.ndenumerate(m):
+            ax.text(c, r, fmt.format(round(v, 4) + 0.0), ha="center", va="center", fontsize=fontsize,
+                    color="white" if v > 0.6 * m.max() and v > 0 else "black")
+    ax.set_xticks(np.arange(m.shape[1])), ax.set_yticks(np.arange(m.shape[0]))
+    ax.tick_params(labelsize=7, length=0)
+    if title:
+        ax.set_title(title, fontsize=10)

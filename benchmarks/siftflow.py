@@ -10,7 +10,6 @@ desert, moon), as the paper does. Re-running resumes from the checkpoints.
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -19,7 +18,7 @@ import time
 import numpy as np
 
 from minifcn.data import SIFTFLOW_CLASSES, SIFTFlow
-from minifcn.experiment import Stage, run_stages, stage_predictions
+from minifcn.experiment import run_stages, stage, stage_predictions
 from minifcn.train import TrainConfig
 from minifcn.viz import prediction_grid
 
@@ -34,13 +33,10 @@ def stages(args):
                        batch_size=8, lr=args.lr, train_split="trainval", val_split="test", val_every=0,
                        seed=args.seed)
 
-    def stage(name, init_from=None, **changes):
-        return Stage(name, dataclasses.replace(base, out=os.path.join(args.out, name), **changes), init_from)
-
     later = dict(epochs=args.later_epochs, lr=args.lr / 2)
-    return [stage("fcn32s", model="fcn32s"),
-            stage("fcn16s", "fcn32s", model="fcn16s", **later),
-            stage("fcn8s", "fcn16s", model="fcn8s", **later)]
+    return [stage(base, args.out, "fcn32s", model="fcn32s"),
+            stage(base, args.out, "fcn16s", "fcn32s", model="fcn16s", **later),
+            stage(base, args.out, "fcn8s", "fcn16s", model="fcn8s", **later)]
 
 
 def main(argv=None):

@@ -14,7 +14,6 @@ baseline of 1x1 convolutions. Re-running resumes from the checkpoints.
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -23,7 +22,7 @@ import time
 import numpy as np
 
 from minifcn.data import VOC_CLASSES, VOCSegmentation, synthesize
-from minifcn.experiment import Stage, run_stages, stage_predictions
+from minifcn.experiment import run_stages, stage, stage_predictions
 from minifcn.train import TrainConfig
 from minifcn.viz import prediction_grid
 
@@ -42,15 +41,12 @@ def stages(args):
     base = TrainConfig(data=data, out="", width=args.width, fc_width=args.fc_width, input_mode="pad32",
                        epochs=args.epochs, batch_size=8, lr=args.lr, val_every=0, seed=args.seed)
 
-    def stage(name, init_from=None, **changes):
-        return Stage(name, dataclasses.replace(base, out=os.path.join(args.out, name), **changes), init_from)
-
     later = dict(epochs=args.later_epochs, lr=args.lr / 2)
-    return [stage("pixelwise", model="pixelwise"),
-            stage("fcn32s-fixed", model="fcn32s", learnable=False),
-            stage("fcn32s", model="fcn32s"),
-            stage("fcn16s", "fcn32s", model="fcn16s", **later),
-            stage("fcn8s", "fcn16s", model="fcn8s", **later)]
+    return [stage(base, args.out, "pixelwise", model="pixelwise"),
+            stage(base, args.out, "fcn32s-fixed", model="fcn32s", learnable=False),
+            stage(base, args.out, "fcn32s", model="fcn32s"),
+            stage(base, args.out, "fcn16s", "fcn32s", model="fcn16s", **later),
+            stage(base, args.out, "fcn8s", "fcn16s", model="fcn8s", **later)]
 
 
 def main(argv=None):

@@ -24,6 +24,11 @@ class Stage:
     init_from: str = None  # the name of an earlier stage
 
 
+def stage(base, root, name, init_from=None, **changes):
+    """A Stage named ``name`` whose config is ``base`` with ``changes``, writing under ``root/name``."""
+    return Stage(name, dataclasses.replace(base, out=os.path.join(root, name), **changes), init_from)
+
+
 def _read_json(path, default=None):
     if not os.path.exists(path):
         return default

@@ -10,7 +10,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from .voc import IGNORE, read_image
+from .voc import IGNORE, check_same_size, read_image
 
 SIFTFLOW_CLASSES = (
     "awning", "balcony", "bird", "boat", "bridge", "building", "bus", "car", "cow", "crosswalk", "desert",
@@ -64,9 +64,7 @@ class SIFTFlow:
     def __getitem__(self, index):
         image_id = self.ids[index]
         image, label = read_image(self.image_path(image_id)), read_siftflow_label(self.label_path(image_id))
-        if image.shape[:2] != label.shape:
-            raise ValueError(f"image {self.image_path(image_id)} is {image.shape[1]}x{image.shape[0]} but its "
-                             f"label {self.label_path(image_id)} is {label.shape[1]}x{label.shape[0]}")
+        check_same_size(image, label, self.image_path(image_id), self.label_path(image_id))
         if self.size is not None:
             image = np.array(Image.fromarray(image).resize((self.size, self.size), Image.BILINEAR))
             label = np.array(Image.fromarray(label).resize((self.size, self.size), Image.NEAREST))

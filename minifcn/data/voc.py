@@ -57,6 +57,13 @@ def read_image(path):
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 
+def check_same_size(image, label, image_path, label_path):
+    """An image and its label map must cover the same pixels; the error names both files."""
+    if image.shape[:2] != label.shape:
+        raise ValueError(f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its "
+                         f"label {label_path} is {label.shape[1]}x{label.shape[0]}")
+
+
 def write_label(path, label):
     """Save class indices as a VOC palette PNG (viewable in colour, readable as indices)."""
     im = Image.fromarray(np.asarray(label, dtype=np.uint8), mode="P")
@@ -105,7 +112,5 @@ class VOCSegmentation:
     def __getitem__(self, index):
         image_id = self.ids[index]
         image, label = read_image(self.image_path(image_id)), self.label(image_id)
-        if image.shape[:2] != label.shape:
-            raise ValueError(f"image {self.image_path(image_id)} is {image.shape[1]}x{image.shape[0]} but its "
-                             f"label {self.label_path(image_id)} is {label.shape[1]}x{label.shape[0]}")
+        check_same_size(image, label, self.image_path(image_id), self.label_path(image_id))
         return image, label

@@ -10,6 +10,7 @@ import time
 from . import models
 from .data import VOC_CLASSES, VOCSegmentation, synthesize
 from .data.download import download
+from .data.synth import PAINTERS
 from .data.voc import read_image
 from .metrics import format_scores
 from .train import TrainConfig, TrainingDiverged, evaluate, load_checkpoint, open_dataset, predict, train
@@ -143,8 +144,9 @@ def parser():
     s.add_argument("--size", type=int, default=96)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--layouts", help="a folder of real VOC palette PNGs to paint instead of drawn shapes")
-    s.add_argument("--style", default="plain", choices=["plain", "texture"],
-                   help="plain: overlapping class colours; texture: classes differ only by texture")
+    s.add_argument("--style", default="plain", choices=sorted(PAINTERS),
+                   help="plain: overlapping class colours; texture: classes differ only by texture; "
+                        "tinted: texture plus a weak, overlapping class hue")
     d = actions.add_parser("download", help="fetch and unpack an official archive (MD5-checked, resumable)")
     d.add_argument("name", choices=["voc2012"])
     d.add_argument("--root", required=True)

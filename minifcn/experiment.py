@@ -43,26 +43,34 @@ def _write_json(path, value):
     os.replace(tmp, path)
 
 
-def run_stages(stages, band_width=3, exclude_absent=False, log=print):
+def run_stages(stages, band_width=3, exclude_absent=False, log=print, only=None, progress=True):
     """Train (or resume) and evaluate every stage in order; returns {name: result}.
 
     A result holds the four metrics on the config's val split, the same four
     restricted to a ``band_width``-px band around true outlines
     (``boundary``), per-class IU, and the training time in seconds.
+    ``only``: names of the stages to run now (others are skipped), so that
+    independent chains can run side by side in separate processes.
     """
     results, folders = {}, {s.name: s.config.out for s in stages}
+    unknown = set(only or ()) - set(folders)
+    if unknown:
+        raise ValueError(f"no stages named {sorted(unknown)}; the stages are {list(folders)}")
     for stage in stages:
+        if only is not None and stage.name not in only:
+            continue
         config = stage.config
         if stage.init_from:
             config = dataclasses.replace(config, init=os.path.join(folders[stage.init_from], "checkpoint.npz"))
         os.makedirs(config.out, exist_ok=True)
+        _check_same_config(config, stage.name)
         result_path = os.path.join(config.out, "result.json")
         result = _read_json(result_path)
         if result is None:
             timing_path = os.path.join(config.out, "seconds.json")
             started = time.time()
             try:
-                model, _ = train(config, resume=True, log=log)
+                model, _ = train(config, resume=True, log=log, progress=progress)
             finally:
                 spent = _read_json(timing_path, 0.0) + time.time() - started
                 _write_json(timing_path, spent)
@@ -75,6 +83,18 @@ def run_stages(stages, band_width=3, exclude_absent=False, log=print):
             f"{100 * result['boundary']['mean_iu']:.1f}")
         results[stage.name] = result
     return results
+
+
+def _check_same_config(config, name):
+    """A stage folder belongs to one configuration: resuming it under another would mix two runs."""
+    path, wanted = os.path.join(config.out, "config.json"), json.loads(json.dumps(dataclasses.asdict(config)))
+    stored = _read_json(path)
+    if stored is None:
+        _write_json(path, wanted)
+    elif stored != wanted:
+        changed = sorted(k for k in wanted.keys() | stored.keys() if stored.get(k) != wanted.get(k))
+        raise ValueError(f"stage {name!r} in {config.out} was started with other settings ({', '.join(changed)} "
+                         f"differ); delete that folder or choose another output folder")
 
 
 def evaluate_with_band(model, dataset, num_classes, band_width=3, exclude_absent=False):

@@ -21,7 +21,7 @@ from . import models, nn
 from .autograd import Tensor, no_grad
 from .data import SIFTFlow, VOCSegmentation, augment, batches, normalize
 from .metrics import ConfusionMatrix
-from .optim import SGD
+from .optim import SGD, Adam
 
 
 @dataclasses.dataclass
@@ -40,9 +40,11 @@ class TrainConfig:
     batch_size: int = 8
     accum_steps: int = 1
     lr: float = 0.01
+    optimizer: str = "sgd"  # the paper's SGD with momentum, or "adam" (AdamW; lr about 1e-3)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_policy: str = "poly"  # or "fixed"
+    warmup_steps: int = 0  # the rate ramps up linearly over these first steps (keeps from-scratch ReLUs alive)
     loss_reduction: str = "mean"  # "mean" over valid pixels, or "sum" (the paper's unnormalised loss)
     crop: int = None
     scale: tuple = (0.75, 1.25)
@@ -111,11 +113,26 @@ def param_groups(model, lr, weight_decay):
             {"params": biases, "lr": 2 * lr, "weight_decay": 0.0}]
 
 
+def make_optimizer(config, model):
+    if config.optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {config.optimizer!r}")
+    groups = param_groups(model, config.lr, config.weight_decay)
+    if config.optimizer == "sgd":
+        return SGD(groups, config.lr, config.momentum)
+    return Adam(groups, config.lr)
+
+
 def learning_rate(config, step, total_steps):
+    """The rate at ``step``: "poly" is lr (1 - step/total)^0.9, "fixed" is lr, both times a linear warm-up.
+
+    Why warm up: a plain (no normalisation) VGG trained from random weights takes its largest steps
+    first, and those can push whole layers of ReLUs negative for good; ramping up avoids that.
+    """
+    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
     if config.lr_policy == "poly":
-        return config.lr * (1 - step / total_steps) ** 0.9
+        return warm * config.lr * (1 - step / total_steps) ** 0.9
     if config.lr_policy == "fixed":
-        return config.lr
+        return warm * config.lr
     raise ValueError(f"lr_policy must be 'poly' or 'fixed', got {config.lr_policy!r}")
 
 
@@ -152,7 +169,7 @@ def train(config, resume=False, max_steps=None, progress=True, log=print):
         own = dict(model.named_parameters())
         model.load_state_dict({k: v for k, v in source.state_dict().items()
                                if k in own and own[k].shape == v.shape}, strict=False)
-    optimizer = SGD(param_groups(model, config.lr, config.weight_decay), config.lr, config.momentum)
+    optimizer = make_optimizer(config, model)
     per_step = config.batch_size * config.accum_steps
     steps_per_epoch = max(1, len(train_set) // per_step)
     total_steps = steps_per_epoch * config.epochs

@@ -1,5 +1,6 @@
 """SIFT Flow reader, texture painting, the boundary band, the pixelwise baseline and staged resumable runs."""
 
+import colorsys
 import dataclasses
 import json
 import os
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from minifcn.data import SIFTFlow, VOCSegmentation, synthesize
+from minifcn.data.synth import tint
 from minifcn.experiment import Stage, run_stages
 from minifcn.metrics import boundary_band, confusion_matrix, scores
 from minifcn.models import build
@@ -107,6 +109,19 @@ def test_texture_style_colours_carry_no_class_information(tmp_path):
     assert spread and min(spread) > 25  # each class's mean colour varies a lot from instance to instance
 
 
+def test_tinted_style_gives_two_classes_each_hue():
+    def mean_hue(cls):
+        rng = np.random.default_rng(cls)
+        hues = [colorsys.rgb_to_hsv(*(tint(cls, rng) / 255))[0] for _ in range(300)]
+        return np.angle(np.mean(np.exp(2j * np.pi * np.array(hues)))) / (2 * np.pi) % 1  # circular mean
+
+    def gap(a, b):
+        return min(abs(a - b), 1 - abs(a - b))
+
+    assert gap(mean_hue(5), mean_hue(15)) < 0.01  # bottle and person: one hue, told apart by texture only
+    assert gap(mean_hue(5), mean_hue(6)) > 0.08   # neighbouring hues are a tenth of the circle apart
+
+
 def test_staged_run_resumes_and_skips_finished_stages(tmp_path):
     data = synthesize(str(tmp_path / "data"), 8, 4, 32, progress=False)
     base = TrainConfig(data=data, out="", width=1 / 16, fc_width=16, input_mode="pad32", epochs=1, batch_size=4,
@@ -120,3 +135,9 @@ def test_staged_run_resumes_and_skips_finished_stages(tmp_path):
     os.remove(tmp_path / "b" / "result.json")  # as if stopped after training b, before its evaluation
     again = run_stages(plan, log=lambda *a: None)
     assert again["a"] == stored and again["b"]["mean_iu"] == pytest.approx(first["b"]["mean_iu"])
+    assert set(run_stages(plan, log=lambda *a: None, only=["b"])) == {"b"}
+    with pytest.raises(ValueError, match="no stages named"):
+        run_stages(plan, only=["c"])
+    changed = [Stage("a", dataclasses.replace(plan[0].config, lr=0.5))]
+    with pytest.raises(ValueError, match="other settings \\(lr differ\\)"):
+        run_stages(changed, log=lambda *a: None)

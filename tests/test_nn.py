@@ -3,7 +3,7 @@ import pytest
 
 from minifcn import Tensor, nn
 from minifcn.functional import softmax_cross_entropy
-from minifcn.optim import SGD
+from minifcn.optim import SGD, Adam
 
 
 class Tiny(nn.Module):
@@ -51,6 +51,33 @@ def test_sgd_momentum_and_weight_decay_by_hand():
         np.testing.assert_allclose(p.data, expected)
 
 
+def test_adam_matches_the_update_rule_written_out_per_element():
+    p = nn.Parameter(np.array([1.0, -2.0, 0.5]))
+    opt = Adam([p], lr=0.1, betas=(0.8, 0.9), eps=1e-3, weight_decay=0.5)
+    grads = [[1.0, 3.0, 0.0], [-2.0, 0.5, 0.0], [0.1, 0.1, 4.0]]
+    expected, m, v = [1.0, -2.0, 0.5], [0.0] * 3, [0.0] * 3
+    for t, g in enumerate(grads, start=1):
+        for i in range(3):  # plain Python floats, one element at a time
+            m[i] = 0.8 * m[i] + 0.2 * g[i]
+            v[i] = 0.9 * v[i] + 0.1 * g[i] ** 2
+            decayed = expected[i] - 0.1 * 0.5 * expected[i]
+            expected[i] = decayed - 0.1 * (m[i] / (1 - 0.8 ** t)) / ((v[i] / (1 - 0.9 ** t)) ** 0.5 + 1e-3)
+        p.grad = np.array(g)
+        opt.step()
+        np.testing.assert_allclose(p.data, expected, rtol=1e-12)
+
+
+def test_adam_state_round_trips_through_state_dict():
+    a, b = nn.Parameter(np.ones(3)), nn.Parameter(np.ones(3))
+    first, second = Adam([a], lr=0.1), Adam([b], lr=0.1)
+    a.grad = b.grad = np.array([1.0, -1.0, 2.0])
+    first.step()
+    second.load_state_dict(first.state_dict())
+    b.data = a.data.copy()
+    first.step(), second.step()
+    np.testing.assert_array_equal(a.data, b.data)
+
+
 def test_sgd_groups_and_frozen_parameters():
     w, b, frozen = nn.Parameter(np.ones(2)), nn.Parameter(np.ones(2)), nn.Parameter(np.ones(2), requires_grad=False)
     opt = SGD([{"params": [w, frozen]}, {"params": [b], "lr": 0.2}], lr=0.1)
@@ -60,12 +87,13 @@ def test_sgd_groups_and_frozen_parameters():
     assert w.data.tolist() == [0.9, 0.9] and b.data.tolist() == [0.8, 0.8] and frozen.data.tolist() == [1, 1]
 
 
-def test_a_few_sgd_steps_lower_the_loss():
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1, momentum=0.9), lambda ps: Adam(ps, lr=0.02)])
+def test_a_few_steps_lower_the_loss(make):
     m = Tiny()
     m.eval()
     rng = np.random.default_rng(0)
     x, y = Tensor(rng.standard_normal((2, 3, 6, 6)).astype(np.float32)), rng.integers(0, 2, (2, 6, 6))
-    opt = SGD(m.parameters(), lr=0.1, momentum=0.9)
+    opt = make(m.parameters())
     losses = []
     for _ in range(20):
         opt.zero_grad()

@@ -6,7 +6,7 @@ import pytest
 
 from minifcn.cli import main
 from minifcn.data import synthesize
-from minifcn.train import TrainConfig, TrainingDiverged, load_checkpoint, train
+from minifcn.train import TrainConfig, TrainingDiverged, learning_rate, load_checkpoint, make_optimizer, train
 
 SMALL = dict(model="fcn8s", width=1 / 16, fc_width=32, input_mode="pad32", batch_size=2, epochs=2,
              checkpoint_every=1, crop=32, scale=(0.8, 1.2))
@@ -21,10 +21,11 @@ def weights(path):
     return load_checkpoint(path)[2]
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(data, tmp_path):
-    straight = TrainConfig(data=data, out=str(tmp_path / "a"), **SMALL)
+@pytest.mark.parametrize("optimizer", [dict(), dict(optimizer="adam", lr=1e-3, warmup_steps=3)])
+def test_interrupted_and_resumed_equals_uninterrupted(data, tmp_path, optimizer):
+    straight = TrainConfig(data=data, out=str(tmp_path / "a"), **SMALL, **optimizer)
     train(straight, progress=False)
-    broken = TrainConfig(data=data, out=str(tmp_path / "b"), **SMALL)
+    broken = TrainConfig(data=data, out=str(tmp_path / "b"), **SMALL, **optimizer)
     train(broken, max_steps=4, progress=False)  # stops mid-epoch 2 of 2 (3 steps an epoch)
     assert weights(os.path.join(broken.out, "checkpoint.npz"))["meta"]["step"] == 4
     train(broken, resume=True, progress=False)
@@ -39,6 +40,15 @@ def test_interrupted_and_resumed_equals_uninterrupted(data, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_learning_rate_warms_up_linearly_then_follows_the_policy():
+    config = TrainConfig(data="", lr=0.1, warmup_steps=4, lr_policy="fixed")
+    assert [learning_rate(config, s, 100) for s in range(6)] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+    poly = TrainConfig(data="", lr=0.1, warmup_steps=0)
+    assert learning_rate(poly, 50, 100) == pytest.approx(0.1 * 0.5 ** 0.9)
+    with pytest.raises(ValueError, match="optimizer must be"):
+        make_optimizer(TrainConfig(data="", optimizer="rmsprop"), None)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
     config = TrainConfig(data=data, out=str(tmp_path / "nan"), **{**SMALL, "lr": 1e30})
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):

@@ -11,6 +11,7 @@ the same reader as real VOC. With ``layouts``, real VOC label maps give the
 shapes and only the appearance is painted.
 """
 
+import colorsys
 import os
 
 import numpy as np
@@ -152,11 +153,20 @@ def pattern(kind, period, angle, yy, xx, phase):
     raise ValueError(f"unknown pattern kind {kind!r}")
 
 
-def paint_textured(label, rng):
-    """Classes told apart by texture only, on a cluttered background of smooth random-coloured blobs.
+def tint(cls, rng):
+    """A colour of class ``cls``'s hue. Ten hues for twenty classes: classes c and c + 10 share one and
+    differ only by texture, and the background's blobs take every hue, so colour narrows, never decides."""
+    hue = ((cls - 1) % 10 / 10 + rng.normal(0, 0.03)) % 1.0
+    return 255 * np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.6, 1), rng.uniform(0.6, 1)))
+
+
+def paint_textured(label, rng, tinted=False):
+    """Classes told apart by texture, on a cluttered background of smooth random-coloured blobs.
 
     Colours come from one shared distribution, so a pixelwise classifier is near chance; the
     period, angle and phase jitter per instance, so the net must learn the pattern, not a template.
+    ``tinted``: one of the pattern's two colours has the class's hue (shared by two classes and by
+    some background blobs), so colour helps a net start learning but only texture and shape decide.
     """
     h, w = label.shape
     yy, xx = _grid(h, w)
@@ -174,7 +184,7 @@ def paint_textured(label, rng):
         kind, period, angle = _PATTERNS[(int(cls) - 1) % len(_PATTERNS)]
         p = pattern(kind, period * rng.uniform(0.9, 1.1), angle + rng.uniform(-8, 8), yy, xx,
                     rng.uniform(0, 2 * np.pi, 2))[..., None]
-        a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        a, b = tint(int(cls), rng) if tinted else rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
         while np.abs(a - b).sum() < 150:  # the pattern must be visible
             b = rng.uniform(0, 255, 3)
         region = label == cls
@@ -183,7 +193,8 @@ def paint_textured(label, rng):
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-PAINTERS = {"plain": paint, "texture": paint_textured}
+PAINTERS = {"plain": paint, "texture": paint_textured,
+            "tinted": lambda label, rng: paint_textured(label, rng, tinted=True)}
 
 
 def synth_label(rng, size):

@@ -61,6 +61,9 @@ def run_stages(stages, band_width=3, exclude_absent=False, log=print, only=None,
             continue
         config = stage.config
         if stage.init_from:
+            if not os.path.exists(os.path.join(folders[stage.init_from], "result.json")):
+                raise RuntimeError(f"stage {stage.name!r} starts from {stage.init_from!r}, which has not finished; "
+                                   f"run {stage.init_from!r} first")
             config = dataclasses.replace(config, init=os.path.join(folders[stage.init_from], "checkpoint.npz"))
         os.makedirs(config.out, exist_ok=True)
         _check_same_config(config, stage.name)

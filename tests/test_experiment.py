@@ -128,6 +128,8 @@ def test_staged_run_resumes_and_skips_finished_stages(tmp_path):
                        val_every=0)
     plan = [Stage("a", dataclasses.replace(base, out=str(tmp_path / "a"), model="fcn32s")),
             Stage("b", dataclasses.replace(base, out=str(tmp_path / "b"), model="fcn16s"), "a")]
+    with pytest.raises(RuntimeError, match="has not finished"):
+        run_stages(plan, log=lambda *a: None, only=["b"])
     first = run_stages(plan, log=lambda *a: None)
     assert set(first) == {"a", "b"} and 0 <= first["b"]["boundary"]["mean_iu"] <= 1
     with open(tmp_path / "a" / "result.json") as f:

@@ -12,8 +12,8 @@ Stages, as in the paper: FCN-32s-fixed (frozen bilinear upsampling), FCN-32s,
 FCN-16s from that FCN-32s, FCN-8s from that FCN-16s, plus a pixelwise
 baseline of 1x1 convolutions and a control, FCN-32s trained on for as many
 epochs as FCN-16s and FCN-8s together (so the skips are not credited with
-what longer training does). All train from random weights with Adam (SGD
-from scratch stays on the "all background" plateau for this whole budget).
+what longer training does). All train from random weights with Adam (in an early,
+texture-only version, SGD never left the "all background" plateau).
 Re-running resumes from the checkpoints.
 
     python benchmarks/table2.py            # writes benchmarks/results/table2.{json,png}

@@ -146,7 +146,7 @@ def parser():
     s.add_argument("--layouts", help="a folder of real VOC palette PNGs to paint instead of drawn shapes")
     s.add_argument("--style", default="plain", choices=sorted(PAINTERS),
                    help="plain: overlapping class colours; texture: classes differ only by texture; "
-                        "tinted: texture plus a weak, overlapping class hue")
+                        "tinted: texture plus a class hue shared by two classes")
     d = actions.add_parser("download", help="fetch and unpack an official archive (MD5-checked, resumable)")
     d.add_argument("name", choices=["voc2012"])
     d.add_argument("--root", required=True)

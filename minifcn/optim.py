@@ -88,7 +88,7 @@ class Adam(Optimizer):
 
     Why it is here: every weight moves by about ``lr`` whatever its gradient's scale,
     so a plain VGG trained from random weights leaves the "predict the prior" plateau
-    in hundreds of steps where SGD can need thousands.
+    (an early Table 2 run: SGD at lr 0.01 sat there for all its 728 steps; at 0.05 it diverged).
     """
 
     buffers = ("m", "v")
@@ -98,9 +98,9 @@ class Adam(Optimizer):
 
     def update(self, group, p, k, i):
         b1, b2 = group["betas"]
-        g = p.grad
-        m = self.state["m"][k][i] = (1 - b1) * g if self.state["m"][k][i] is None else b1 * self.state["m"][k][i] + (1 - b1) * g
-        v = self.state["v"][k][i] = (1 - b2) * g * g if self.state["v"][k][i] is None else b2 * self.state["v"][k][i] + (1 - b2) * g * g
+        g, m, v = p.grad, self.state["m"][k][i], self.state["v"][k][i]
+        m = self.state["m"][k][i] = (1 - b1) * g if m is None else b1 * m + (1 - b1) * g
+        v = self.state["v"][k][i] = (1 - b2) * g * g if v is None else b2 * v + (1 - b2) * g * g
         step = (m / (1 - b1 ** self.steps)) / ((v / (1 - b2 ** self.steps)) ** 0.5 + group["eps"])
         if group["weight_decay"]:
             p.data -= (group["lr"] * group["weight_decay"] * p.data).astype(p.dtype, copy=False)

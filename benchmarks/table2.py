@@ -16,13 +16,10 @@ what longer training does). All train from random weights with Adam (in an early
 texture-only version, SGD never left the "all background" plateau).
 Re-running resumes from the checkpoints.
 
-    python benchmarks/table2.py            # writes benchmarks/results/table2.{json,png}
+    python benchmarks/table2.py            # writes benchmarks/results/table2.{json,png}, table2_predictions.npz
 
-On 2 cores the two independent chains can run side by side, then a last call
-writes the results:
-
-    python benchmarks/table2.py --stages fcn32s,fcn16s,fcn8s &
-    python benchmarks/table2.py --stages pixelwise,fcn32s-fixed,fcn32s-longer; wait; python benchmarks/table2.py
+Stages run in ``--jobs`` processes (default 2), each starting as soon as the
+stage it grows from is done, so the independent chains share the cores.
 """
 
 import argparse
@@ -34,7 +31,7 @@ import time
 import numpy as np
 
 from minifcn.data import VOC_CLASSES, VOCSegmentation, synthesize
-from minifcn.experiment import run_stages, stage, stage_predictions
+from minifcn.experiment import run_stages, save_predictions, stage, stage_predictions
 from minifcn.train import TrainConfig
 from minifcn.viz import prediction_grid
 
@@ -81,6 +78,7 @@ def main(argv=None):
     p.add_argument("--band", type=int, default=3, help="boundary band half-width in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stages", help="comma-separated stages to run now; the results are written once all are done")
+    p.add_argument("--jobs", type=int, default=2, help="stages trained at once, one process each")
     args = p.parse_args(argv)
     if not os.path.isdir(MASKS):
         sys.exit(f"VOC masks not found at {MASKS}; set MINIFCN_VOC_MASKS to a VOC2012 folder with "
@@ -92,9 +90,9 @@ def main(argv=None):
                    layouts=os.path.join(MASKS, "SegmentationClass"), style=args.style)
     plan = stages(args)
     if args.stages:
-        run_stages(plan, band_width=args.band, only=args.stages.split(","))
+        run_stages(plan, band_width=args.band, only=args.stages.split(","), jobs=args.jobs)
         return
-    results = run_stages(plan, band_width=args.band)
+    results = run_stages(plan, band_width=args.band, jobs=args.jobs)
     os.makedirs(args.results, exist_ok=True)
     record = {"setup": {k: v for k, v in vars(args).items() if k not in ("out", "results")},
               "train_minutes_total": sum(r["train_seconds"] for r in results.values()) / 60,
@@ -105,6 +103,7 @@ def main(argv=None):
     val = VOCSegmentation(data, "val")
     shown = [s for s in plan if s.name in ("fcn32s", "fcn16s", "fcn8s")]
     rows = stage_predictions(shown, val, pick_examples(val, 5))
+    save_predictions(os.path.join(args.results, "table2_predictions.npz"), rows)  # redrawn by tutorial 06
     prediction_grid(rows, ["FCN-32s", "FCN-16s", "FCN-8s"],
                     os.path.join(args.results, "table2.png"),
                     f"Real VOC outlines, painted ({args.style}): FCN-32s, 16s, 8s on val images")

@@ -6,8 +6,12 @@ seconds it has trained (summed over runs) and, once done, its evaluation, so
 re-running an experiment skips what is finished and continues what is not.
 """
 
+import concurrent.futures as cf
+import contextlib
 import dataclasses
+import functools
 import json
+import multiprocessing as mp
 import os
 import time
 
@@ -43,49 +47,107 @@ def _write_json(path, value):
     os.replace(tmp, path)
 
 
-def run_stages(stages, band_width=3, exclude_absent=False, log=print, only=None, progress=True):
-    """Train (or resume) and evaluate every stage in order; returns {name: result}.
+def run_stages(stages, band_width=3, exclude_absent=False, log=print, only=None, progress=True, jobs=1):
+    """Train (or resume) and evaluate every stage; returns {name: result} in the stages' order.
 
     A result holds the four metrics on the config's val split, the same four
     restricted to a ``band_width``-px band around true outlines
     (``boundary``), per-class IU, and the training time in seconds.
-    ``only``: names of the stages to run now (others are skipped), so that
-    independent chains can run side by side in separate processes.
+    ``only``: names of the stages to run now (others are skipped).
+    ``jobs``: how many stages may train at once, each in its own process with
+    an equal share of the cores; a stage starts once the stage it starts from
+    has finished, so independent chains (FCN-32s-fixed beside FCN-32s -> 16s
+    -> 8s) run side by side.
     """
-    results, folders = {}, {s.name: s.config.out for s in stages}
+    folders = {s.name: s.config.out for s in stages}
     unknown = set(only or ()) - set(folders)
     if unknown:
         raise ValueError(f"no stages named {sorted(unknown)}; the stages are {list(folders)}")
-    for stage in stages:
-        if only is not None and stage.name not in only:
-            continue
-        config = stage.config
-        if stage.init_from:
-            if not os.path.exists(os.path.join(folders[stage.init_from], "result.json")):
-                raise RuntimeError(f"stage {stage.name!r} starts from {stage.init_from!r}, which has not finished; "
-                                   f"run {stage.init_from!r} first")
-            config = dataclasses.replace(config, init=os.path.join(folders[stage.init_from], "checkpoint.npz"))
-        os.makedirs(config.out, exist_ok=True)
-        _check_same_config(config, stage.name)
-        result_path = os.path.join(config.out, "result.json")
-        result = _read_json(result_path)
-        if result is None:
-            timing_path = os.path.join(config.out, "seconds.json")
-            started = time.time()
-            try:
-                model, _ = train(config, resume=True, log=log, progress=progress)
-            finally:
-                spent = _read_json(timing_path, 0.0) + time.time() - started
-                _write_json(timing_path, spent)
-            log(f"{stage.name}: trained ({spent / 60:.1f} min in all); evaluating")
-            result = evaluate_with_band(model, open_dataset(config, config.val_split, config.val_subset),
-                                        config.num_classes, band_width, exclude_absent)
-            result["train_seconds"] = spent
-            _write_json(result_path, result)
-        log(f"{stage.name}: mean IU {100 * result['mean_iu']:.1f}, boundary mean IU "
-            f"{100 * result['boundary']['mean_iu']:.1f}")
-        results[stage.name] = result
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    chosen = [s for s in stages if only is None or s.name in only]
+    names = [s.name for s in chosen]
+    for s in chosen:
+        parent_done = s.init_from and os.path.exists(os.path.join(folders[s.init_from], "result.json"))
+        if s.init_from and not parent_done and s.init_from not in names[:names.index(s.name)]:
+            raise RuntimeError(f"stage {s.name!r} starts from {s.init_from!r}, which has not finished; "
+                               f"run {s.init_from!r} first")
+    if jobs == 1:
+        return {s.name: _run_stage(s, folders, band_width, exclude_absent, log, progress) for s in chosen}
+    results = _run_in_processes(chosen, folders, jobs, band_width, exclude_absent, log)
+    return {name: results[name] for name in names}
+
+
+def _run_stage(stage, folders, band_width, exclude_absent, log, progress):
+    """Train one stage to the end (resuming), evaluate it once, and keep the result beside its checkpoint."""
+    config = stage.config
+    if stage.init_from:
+        config = dataclasses.replace(config, init=os.path.join(folders[stage.init_from], "checkpoint.npz"))
+    os.makedirs(config.out, exist_ok=True)
+    _check_same_config(config, stage.name)
+    result_path = os.path.join(config.out, "result.json")
+    result = _read_json(result_path)
+    if result is None:
+        timing_path = os.path.join(config.out, "seconds.json")
+        started = time.time()
+        try:
+            model, _ = train(config, resume=True, log=log, progress=progress)
+        finally:
+            spent = _read_json(timing_path, 0.0) + time.time() - started
+            _write_json(timing_path, spent)
+        log(f"{stage.name}: trained ({spent / 60:.1f} min in all); evaluating")
+        result = evaluate_with_band(model, open_dataset(config, config.val_split, config.val_subset),
+                                    config.num_classes, band_width, exclude_absent)
+        result["train_seconds"] = spent
+        _write_json(result_path, result)
+    log(f"{stage.name}: mean IU {100 * result['mean_iu']:.1f}, boundary mean IU "
+        f"{100 * result['boundary']['mean_iu']:.1f}")
+    return result
+
+
+def _run_in_processes(chosen, folders, jobs, band_width, exclude_absent, log):
+    """Run stages in ``jobs`` worker processes, each as soon as its parent stage is done.
+
+    Every worker gets cores // jobs threads (set through the environment, which
+    BLAS reads at start-up), so the workers never oversubscribe the machine.
+    Workers print one line per epoch, prefixed with their stage's name.
+    """
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    waiting, running, results = list(chosen), {}, {}
+    with _environment({k: threads for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                            "NUMBA_NUM_THREADS")}), \
+            cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        while waiting or running:
+            unfinished = {s.name for s in waiting} | {s.name for s in running.values()}
+            ready = [s for s in waiting if s.init_from not in unfinished]
+            for s in ready[:jobs - len(running)]:
+                waiting.remove(s)
+                worker_log = functools.partial(print, f"[{s.name}]", flush=True)
+                running[pool.submit(_run_stage, s, folders, band_width, exclude_absent, worker_log, False)] = s
+                log(f"{s.name}: started ({threads} thread{'s' * (threads != '1')})")
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                s = running.pop(future)
+                if future.exception() is not None:
+                    log(f"{s.name} failed; waiting for {[r.name for r in running.values()] or 'nothing'} to "
+                        f"finish (Ctrl-C stops them; their checkpoints are kept)")
+                results[s.name] = future.result()  # a worker's error is raised here
     return results
+
+
+@contextlib.contextmanager
+def _environment(values):
+    """Set environment variables for the duration of a block (worker processes inherit them)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _check_same_config(config, name):
@@ -120,3 +182,22 @@ def stage_predictions(stages, dataset, indices):
         image, label = dataset[i]
         rows.append((image, label, {name: predict(model, image) for name, model in models.items()}))
     return rows
+
+
+def save_predictions(path, rows):
+    """Keep ``stage_predictions`` rows in one .npz, so a figure can be redrawn without the checkpoints."""
+    arrays = {}
+    for i, (image, label, preds) in enumerate(rows):
+        arrays[f"{i}/image"], arrays[f"{i}/label"] = image, label
+        arrays.update({f"{i}/{name}": p for name, p in preds.items()})
+    np.savez_compressed(path, **arrays)
+
+
+def load_predictions(path):
+    """The rows that ``save_predictions`` wrote, in their order, each prediction under its stage's name."""
+    rows = {}
+    with np.load(path) as f:
+        for key in f.files:  # the archive keeps the order the arrays were written in
+            i, name = key.split("/", 1)
+            rows.setdefault(int(i), {})[name] = f[key]
+    return [(r.pop("image"), r.pop("label"), r) for _, r in sorted(rows.items())]

@@ -228,6 +228,9 @@ def train(config, resume=False, max_steps=None, progress=True, log=print):
                     metrics.update({k: v for k, v in cm.scores().items() if not k.startswith("class")})
                 with open(log_path, "a") as f:
                     f.write(json.dumps(metrics) + "\n")
+                if not progress:  # no bar to watch: one line per epoch instead
+                    log(f"epoch {epoch_done}/{config.epochs}: " + ", ".join(
+                        f"{k} {v:.3f}" for k, v in metrics.items() if k not in ("epoch", "step")))
                 checkpoint()
             elif step % config.checkpoint_every == 0:
                 checkpoint()

@@ -52,21 +52,27 @@ def prediction_grid(rows, names, path, title=None):
     """
     import matplotlib.pyplot as plt  # imported here: the rest of minifcn does not need matplotlib
 
-    columns = ["image"] + list(names) + ["ground truth"]
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.2 * len(columns), 2.0 * len(rows)), squeeze=False)
-    for r, (image, label, preds) in enumerate(rows):
-        tiles = [image] + [colorize(p) for p in preds.values()] + [colorize(label)]
-        for c, tile in enumerate(tiles):
-            ax = axes[r, c]
-            ax.imshow(tile, interpolation="nearest")
-            ax.set_xticks([]), ax.set_yticks([])
-            if r == 0:
-                ax.set_title(columns[c], fontsize=11)
+    fig, axes = plt.subplots(len(rows), len(names) + 2, figsize=(2.2 * (len(names) + 2), 2.0 * len(rows)),
+                             squeeze=False)
+    draw_predictions(axes, rows, names)
     if title:
         fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def draw_predictions(axes, rows, names, fontsize=11):
+    """Fill a (rows x models+2) grid of matplotlib axes: photo, each prediction, ground truth."""
+    columns = ["image"] + list(names) + ["ground truth"]
+    for r, (image, label, preds) in enumerate(rows):
+        tiles = [image] + [colorize(p) for p in preds.values()] + [colorize(label)]
+        for c, tile in enumerate(tiles):
+            ax = axes[r][c]
+            ax.imshow(tile, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[c], fontsize=fontsize)
 
 
 def matrix_plot(ax, m, title=None, fmt="{:g}", cmap="Blues", fontsize=9):

@@ -11,11 +11,11 @@ from PIL import Image
 
 from minifcn.data import SIFTFlow, VOCSegmentation, synthesize
 from minifcn.data.synth import tint
-from minifcn.experiment import Stage, run_stages
+from minifcn.experiment import Stage, load_predictions, run_stages, save_predictions
 from minifcn.metrics import boundary_band, confusion_matrix, scores
 from minifcn.models import build
 from minifcn.autograd import Tensor
-from minifcn.train import TrainConfig
+from minifcn.train import TrainConfig, load_checkpoint
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
@@ -143,3 +143,45 @@ def test_staged_run_resumes_and_skips_finished_stages(tmp_path):
     changed = [Stage("a", dataclasses.replace(plan[0].config, lr=0.5))]
     with pytest.raises(ValueError, match="other settings \\(lr differ\\)"):
         run_stages(changed, log=lambda *a: None)
+
+
+def test_stages_run_side_by_side_in_processes_match_a_serial_run(tmp_path):
+    data = synthesize(str(tmp_path / "data"), 8, 4, 32, progress=False)
+    base = TrainConfig(data=data, out="", width=1 / 16, fc_width=16, input_mode="pad32", epochs=1, batch_size=4,
+                       val_every=0)
+
+    def plan(root):
+        return [Stage("a", dataclasses.replace(base, out=str(root / "a"), model="fcn32s")),
+                Stage("b", dataclasses.replace(base, out=str(root / "b"), model="fcn16s"), "a"),
+                Stage("c", dataclasses.replace(base, out=str(root / "c"), model="pixelwise"))]
+
+    lines = []
+    parallel = run_stages(plan(tmp_path / "par"), log=lines.append, jobs=2)
+    serial = run_stages(plan(tmp_path / "ser"), log=lambda *a: None)
+    assert list(parallel) == ["a", "b", "c"]  # the plan's order, whatever order they finished in
+    started = [line.split(":")[0] for line in lines if ": started (" in line]
+    assert started.index("b") > started.index("a")
+    for name in "abc":  # same training, other thread counts: equal up to float rounding
+        _, p, _ = load_checkpoint(str(tmp_path / "par" / name / "checkpoint.npz"))
+        _, s, _ = load_checkpoint(str(tmp_path / "ser" / name / "checkpoint.npz"))
+        for (k, v), w in zip(p.state_dict().items(), s.state_dict().values()):
+            np.testing.assert_allclose(v, w, rtol=1e-4, atol=1e-6, err_msg=f"{name}.{k}")
+    broken = [Stage("d", dataclasses.replace(base, data=str(tmp_path / "missing"), out=str(tmp_path / "d")))]
+    with pytest.raises(Exception, match="missing"):
+        run_stages(broken + plan(tmp_path / "par"), log=lambda *a: None, jobs=2)
+
+
+def test_saved_predictions_come_back_in_order(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), rng.integers(0, 21, (h, w), dtype=np.uint8),
+             {name: rng.integers(0, 21, (h, w), dtype=np.uint8) for name in ("fcn32s", "fcn16s", "fcn8s")})
+            for h, w in [(5, 7), (9, 4), (3, 3), (6, 6), (4, 8), (7, 5), (8, 8), (2, 9), (5, 5), (6, 3), (4, 4)]]
+    save_predictions(str(tmp_path / "p.npz"), rows)
+    back = load_predictions(str(tmp_path / "p.npz"))
+    assert len(back) == len(rows)  # eleven rows: "10" must sort after "9", not after "1"
+    for (image, label, preds), (image2, label2, preds2) in zip(rows, back):
+        np.testing.assert_array_equal(image, image2)
+        np.testing.assert_array_equal(label, label2)
+        assert list(preds2) == ["fcn32s", "fcn16s", "fcn8s"]
+        for name in preds:
+            np.testing.assert_array_equal(preds[name], preds2[name])

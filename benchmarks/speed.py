@@ -8,7 +8,8 @@ Sections:
 3. the full FCN-8s forward on one 500x375 image, each library in its own fresh process, with
    that process's peak resident memory (gradients enabled, as in training);
 4. cold start: a fresh process with an empty Numba cache, from ``python`` to the end of the
-   first training step (import and kernel compilation included).
+   first training step (import and kernel compilation included);
+5. (numba) the thin layers of the small net, direct convolution loops against im2col + BLAS.
 A ratio is minifcn / PyTorch: below 1 means minifcn is faster or smaller.
 """
 
@@ -110,6 +111,36 @@ def cold_start(args):
     return r["wall"], r["seconds"][0]
 
 
+def direct_rows(repeat):
+    """Section 5: the thin layers of the small FCN-8s, Numba's direct kernels against im2col + BLAS.
+
+    Both routes run in this process, alternating; a ratio below 1 means the direct loops win.
+    """
+    import minifcn
+    from minifcn import Tensor, functional as F
+    from minifcn.kernels import numba_cpu
+    limits = numba_cpu.DIRECT_MAX_CHANNELS, numba_cpu.DIRECT_WGRAD_MAX_CHANNELS
+    rng, rows = np.random.default_rng(0), []
+    for name, cin, cout, size in (("conv1_2", 8, 8, 326), ("conv2_2", 16, 16, 163)):
+        x = Tensor(rng.standard_normal((8, cin, size, size)).astype(np.float32), requires_grad=True)
+        w = Tensor(rng.standard_normal((cout, cin, 3, 3)).astype(np.float32) * 0.1, requires_grad=True)
+
+        def step():
+            y = F.conv2d(x, w, padding=1)
+            y.backward(y.data)
+        times = {True: [], False: []}
+        for _ in range(repeat + 1):
+            for direct in (True, False):
+                numba_cpu.DIRECT_MAX_CHANNELS, numba_cpu.DIRECT_WGRAD_MAX_CHANNELS = \
+                    limits if direct else (0, 0)
+                t = time.perf_counter(); step(); times[direct].append(time.perf_counter() - t)
+        numba_cpu.DIRECT_MAX_CHANNELS, numba_cpu.DIRECT_WGRAD_MAX_CHANNELS = limits
+        a, b = np.median(times[True][1:]), np.median(times[False][1:])
+        rows.append(f"| {name} {cin}→{cout} at {size}², batch 8, fwd+bwd | {a:.3f} | {b:.3f} | {a / b:.2f} |")
+    assert minifcn.get_backend() == "numba"
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", default="numba", choices=["numpy", "numba", "cupy"])
@@ -128,6 +159,9 @@ def main():
     for row in model_rows(args):
         print(row, flush=True)
     if args.backend == "numba":
+        print("\n| thin layer (numba) | direct s | im2col + BLAS s | ratio |\n|---|---|---|---|")
+        for row in direct_rows(args.repeat):
+            print(row, flush=True)
         wall, step = cold_start(args)
         print(f"\ncold start (empty Numba cache): {wall:.1f} s from a new process to the end of the first "
               f"training step; the step itself {step:.1f} s")

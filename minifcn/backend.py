@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from .kernels import OPS, reference
+from .kernels import OPS, OPTIONAL_OPS, reference
 
 BACKENDS = ("numpy", "numba", "cupy")
 _state = {"name": None, "ops": None, "xp": np, "workspace": int(os.environ.get("MINIFCN_WORKSPACE_MB", 128)) << 20}
@@ -39,8 +39,10 @@ def available(name):
 
 
 def _namespace(module):
-    """Every op: the backend's own kernel where it has one, else the reference."""
-    return type("Ops", (), {op: staticmethod(getattr(module, op, getattr(reference, op))) for op in OPS})
+    """Every op: the backend's own kernel where it has one, else the reference; optional ops if present."""
+    ops = {op: staticmethod(getattr(module, op, getattr(reference, op))) for op in OPS}
+    ops.update({op: staticmethod(getattr(module, op)) for op in OPTIONAL_OPS if hasattr(module, op)})
+    return type("Ops", (), ops)
 
 
 def set_backend(name):

@@ -65,9 +65,21 @@ def _padded(x, padding):
     return array_module(x).pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
 
 
+def _direct(w_shape, stride, dilation, weight_grad=False):
+    """Whether this convolution goes to the backend's direct kernel (thin stride-1 layers on Numba)."""
+    ops = backend.ops()
+    return (hasattr(ops, "conv_direct") and pair(stride) == (1, 1) and pair(dilation) == (1, 1)
+            and pair(w_shape[2:]) != (1, 1) and ops.use_direct(w_shape[1], w_shape[0], weight_grad))
+
+
 def _conv_forward(x, w, stride, padding, dilation):
-    """y = W @ im2col(x), W = w.reshape(Cout, Cin*kh*kw), one workspace-sized chunk at a time."""
+    """y = W @ im2col(x), W = w.reshape(Cout, Cin*kh*kw), one workspace-sized chunk at a time.
+
+    (Thin stride-1 layers on a backend with a direct kernel skip the columns altogether.)
+    """
     *_, (OH, OW) = _geometry(x.shape, w.shape[2:], stride, padding, dilation)  # validates, names bad input
+    if _direct(w.shape, stride, dilation):
+        return backend.ops().conv_direct(_padded(x, padding), w)
     N, Cout = x.shape[0], w.shape[0]
     xp, W = _padded(x, padding), w.reshape(Cout, -1)
     y = array_module(x).empty((N, Cout, OH, OW), dtype=np.result_type(x.dtype, w.dtype))
@@ -87,6 +99,11 @@ def _conv_input_grad(g, w, input_shape, stride, padding, dilation):
     N, Cout, OH, OW = g.shape
     ph, pw = pair(padding)
     H, W_ = input_shape[2:]
+    kh, kw = w.shape[2:]
+    if _direct(w.shape, stride, dilation) and ph < kh and pw < kw:
+        # stride 1: the input gradient is a "full" convolution of g with the flipped kernel, channels swapped
+        flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+        return backend.ops().conv_direct(_padded(g, (kh - 1 - ph, kw - 1 - pw)), flipped)
     Wt = w.reshape(Cout, -1).T
     dxp = array_module(g).zeros((N, input_shape[1], H + 2 * ph, W_ + 2 * pw), dtype=np.result_type(g.dtype, w.dtype))
     for ns, rs, rows in _conv_pieces(input_shape, w.shape[2:], stride, padding, dilation, input_shape[1], g.itemsize):
@@ -107,6 +124,8 @@ def _conv_weight_grad(g, x, w_shape, stride, padding, dilation):
     """
     Cout = g.shape[1]
     xp = _padded(x, padding)
+    if _direct(w_shape, stride, dilation, weight_grad=True):
+        return backend.ops().conv_direct_weight_grad(xp, g, w_shape[2:]).astype(g.dtype, copy=False)
     dw = array_module(g).zeros((Cout, int(np.prod(w_shape[1:]))), dtype=g.dtype)
     for ns, rs, rows in _conv_pieces(x.shape, w_shape[2:], stride, padding, dilation, x.shape[1], x.itemsize):
         cols = _unfold(xp[ns, :, rows], w_shape[2:], stride, dilation)

@@ -101,3 +101,24 @@ def test_chunked_convolution_equals_unchunked(restore_backend):
 def test_workspace_limit_rejects_nonsense(restore_backend):
     with pytest.raises(ValueError, match="-5"):
         minifcn.set_workspace_limit(-5)
+
+
+@pytest.mark.parametrize("padding", [0, 1, 2, 3])  # 3 >= the kernel size: the input gradient leaves the direct path
+def test_direct_convolution_route_matches_the_reference_backend(restore_backend, padding):
+    """Thin stride-1 layers take the Numba direct kernels (forward, input and weight gradient)."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(padding)
+    x, w, b = rng.standard_normal((2, 5, 13, 10)), rng.standard_normal((7, 5, 3, 2)), rng.standard_normal(7)
+
+    def run():
+        xt, wt, bt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True), Tensor(b, requires_grad=True)
+        y = F.conv2d(xt, wt, bt, padding=padding)
+        (y * y).sum().backward()
+        return y.data, xt.grad, wt.grad, bt.grad
+
+    minifcn.set_backend("numpy")
+    want = run()
+    minifcn.set_backend("numba")
+    assert backend.ops().use_direct(5, 7) and backend.ops().use_direct(5, 7, weight_grad=True)
+    for got, ref in zip(run(), want):
+        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)

@@ -114,3 +114,32 @@ def test_softmax_cross_entropy_matches_reference(module, to_device, dtype, N, K,
     close(np.float64(denom), ref_denom, dtype)
     close(kernels.softmax_xent_backward(to_device(z), to_device(t), to_device(w), 255, scale),
           reference.softmax_xent_backward(z, t, w, 255, scale), dtype)
+
+
+@st.composite
+def stride1_geometry(draw):
+    """Stride 1, no dilation (the direct kernels' case), with output channels on both sides of the 4-block."""
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    N, Cin, Cout = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 9))
+    H, W = draw(st.integers(kh, 9)), draw(st.integers(kw, 9))  # the padded input
+    return (N, Cin, H, W), (Cout, Cin, kh, kw), draw(st.integers(0, 2**16))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(g=stride1_geometry())
+def test_direct_convolution_and_its_weight_gradient_match_im2col(dtype, g):
+    x_shape, w_shape, seed = g
+    rng = np.random.default_rng(seed)
+    xp, w = rng.standard_normal(x_shape).astype(dtype), rng.standard_normal(w_shape).astype(dtype)
+    cols = reference.im2col(xp, w_shape[2:])  # (N, Cin*kh*kw, OH*OW): the textbook route
+    OH, OW = x_shape[2] - w_shape[2] + 1, x_shape[3] - w_shape[3] + 1
+    y = (w.reshape(w_shape[0], -1) @ cols).reshape(x_shape[0], w_shape[0], OH, OW)
+    close(numba_cpu.conv_direct(xp, w), y, dtype)
+    g_ = rng.standard_normal(y.shape).astype(dtype)
+    dw = np.einsum("nol,nkl->ok", g_.reshape(x_shape[0], w_shape[0], -1), cols).reshape(w_shape)
+    close(numba_cpu.conv_direct_weight_grad(xp, g_, w_shape[2:]), dw, dtype)
+
+
+def test_direct_convolution_is_chosen_only_for_thin_layers():
+    assert numba_cpu.use_direct(8, 8) and numba_cpu.use_direct(3, 16) and not numba_cpu.use_direct(3, 64)
+    assert numba_cpu.use_direct(3, 8, weight_grad=True) and not numba_cpu.use_direct(8, 16, weight_grad=True)

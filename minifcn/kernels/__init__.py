@@ -19,7 +19,15 @@ The ops (all arrays, no Tensors):
     softmax_xent_backward(z, t, weight, ignore_index, scale) -> scale * w[t] (softmax(z) - onehot(t))
 
 Loss ops take z of shape (N, K, P) and t of shape (N, P) (int64).
+
+Optional ops, used only where a backend has them (the reference does not: its
+convolution is the textbook im2col + GEMM):
+
+    use_direct(in_channels, out_channels, weight_grad=False) -> whether the next two win here
+    conv_direct(xp, w) -> y                 stride 1, no dilation, xp already padded
+    conv_direct_weight_grad(xp, g, kernel) -> dw
 """
 
 OPS = ("im2col", "col2im", "max_pool", "max_pool_backward", "relu", "relu_backward", "softmax_xent",
        "softmax_xent_backward")
+OPTIONAL_OPS = ("use_direct", "conv_direct", "conv_direct_weight_grad")

@@ -57,7 +57,7 @@ def run_stages(stages, band_width=3, exclude_absent=False, log=print, only=None,
     ``jobs``: how many stages may train at once, each in its own process with
     an equal share of the cores; a stage starts once the stage it starts from
     has finished, so independent chains (FCN-32s-fixed beside FCN-32s -> 16s
-    -> 8s) run side by side.
+    -> 8s) run side by side, the longest chain first.
     """
     folders = {s.name: s.config.out for s in stages}
     unknown = set(only or ()) - set(folders)
@@ -113,7 +113,8 @@ def _run_in_processes(chosen, folders, jobs, band_width, exclude_absent, log):
     Workers print one line per epoch, prefixed with their stage's name.
     """
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    waiting, running, results = list(chosen), {}, {}
+    chain = _epochs_on_longest_chain(chosen)
+    waiting, running, results = sorted(chosen, key=lambda s: -chain[s.name]), {}, {}
     with _environment({k: threads for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                             "NUMBA_NUM_THREADS")}), \
             cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
@@ -133,6 +134,21 @@ def _run_in_processes(chosen, folders, jobs, band_width, exclude_absent, log):
                         f"finish (Ctrl-C stops them; their checkpoints are kept)")
                 results[s.name] = future.result()  # a worker's error is raised here
     return results
+
+
+def _epochs_on_longest_chain(stages):
+    """Epochs from the start of each stage to the end of the longest chain that grows from it.
+
+    Free cores go to the ready stage with the most work behind it (list
+    scheduling by critical path): in Table 2 that starts FCN-32s, whose
+    16s, 8s and control stages wait on it, before the independent baseline.
+    """
+    @functools.lru_cache(maxsize=None)
+    def longest(name):
+        return epochs[name] + max((longest(c.name) for c in stages if c.init_from == name), default=0)
+
+    epochs = {s.name: s.config.epochs for s in stages}
+    return {name: longest(name) for name in epochs}
 
 
 @contextlib.contextmanager

@@ -25,6 +25,9 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+# minifcn sets OMP_WAIT_POLICY=PASSIVE when imported (see minifcn/backend.py); PyTorch's processes get
+# the environment as it was before that, so each library runs with its own defaults.
+USER_ENV = dict(os.environ)
 
 # Each child prints one JSON line: {"seconds": [...], "rss_mb": peak resident memory}.
 CHILD = r"""
@@ -79,8 +82,9 @@ print(json.dumps({"seconds": times, "rss_mb": peak_mb()}))
 
 def child(lib, what, threads, runs, env=None):
     started = time.perf_counter()
+    base = USER_ENV if lib == "torch" else os.environ
     out = subprocess.run([sys.executable, "-c", CHILD, lib, what, str(threads), HERE, str(runs)],
-                         capture_output=True, text=True, env={**os.environ, **(env or {})})
+                         capture_output=True, text=True, env={**base, **(env or {})})
     if out.returncode:
         raise RuntimeError(f"{lib} {what} failed:\n{out.stderr[-2000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])

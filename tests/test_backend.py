@@ -1,5 +1,6 @@
 """The backend switch: selection, errors, and results that do not depend on it."""
 
+import os
 import subprocess
 import sys
 
@@ -122,3 +123,14 @@ def test_direct_convolution_route_matches_the_reference_backend(restore_backend,
     assert backend.ops().use_direct(5, 7) and backend.ops().use_direct(5, 7, weight_grad=True)
     for got, ref in zip(run(), want):
         np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("given", [None, "ACTIVE"])
+def test_idle_openmp_threads_sleep_unless_the_user_says_otherwise(given):
+    """Spinning Numba threads would steal the cores from the BLAS GEMM that follows each kernel."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    out = subprocess.run([sys.executable, "-c", "import os, minifcn; print(os.environ['OMP_WAIT_POLICY'])"],
+                         capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == (given or "PASSIVE")

@@ -143,11 +143,12 @@ def _epochs_on_longest_chain(stages):
     scheduling by critical path): in Table 2 that starts FCN-32s, whose
     16s, 8s and control stages wait on it, before the independent baseline.
     """
+    epochs = {s.name: s.config.epochs for s in stages}
+
     @functools.lru_cache(maxsize=None)
     def longest(name):
         return epochs[name] + max((longest(c.name) for c in stages if c.init_from == name), default=0)
 
-    epochs = {s.name: s.config.epochs for s in stages}
     return {name: longest(name) for name in epochs}
 
 

@@ -11,9 +11,10 @@ The engine knows nothing about convolutions: those live in
 """
 
 import contextlib
-import sys
 
 import numpy as np
+
+from .arrays import array_module, as_array, to_default_module  # noqa: F401  (array_module: re-exported)
 
 _grad_enabled = True
 
@@ -33,40 +34,13 @@ def is_grad_enabled():
     return _grad_enabled
 
 
-def array_module(array):
-    """``numpy`` or ``cupy``, whichever owns ``array`` (so ops run on either)."""
-    return sys.modules["cupy"] if type(array).__module__.startswith("cupy") else np
-
-
-def as_array(value):
-    """An ndarray for ``value``; Python floats and lists become float32.
-
-    Arrays (NumPy or CuPy) keep their dtype: float64 stays float64.
-    """
-    if isinstance(value, Tensor):
-        return value.data
-    if isinstance(value, np.ndarray) or array_module(value) is not np:
-        return value  # an ndarray, or a CuPy array on the GPU
-    if isinstance(value, np.generic):
-        return np.asarray(value)
-    array = np.asarray(value)
-    return array.astype(np.float32) if array.dtype == np.float64 else array
-
-
-def _on_backend(array):
-    """Host arrays move to the GPU when the backend is "cupy"; otherwise arrays stay where they are."""
-    from .backend import xp  # late import: backend imports the kernels, which import this module
-    target = xp()
-    return target.asarray(array) if target is not np and array_module(array) is np else array
-
-
 class Tensor:
     """An array with an optional gradient and a link to the op that made it."""
 
     __array_priority__ = 1000  # so that ndarray + Tensor calls Tensor.__radd__
 
     def __init__(self, data, requires_grad=False):
-        self.data = _on_backend(as_array(data))
+        self.data = to_default_module(as_array(data))
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self._ctx = None  # the Function that produced this tensor, if any

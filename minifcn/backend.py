@@ -20,7 +20,8 @@ import os
 
 import numpy as np
 
-from .kernels import OPS, OPTIONAL_OPS, reference
+from . import arrays
+from .kernels import OPS, reference
 
 # Numba's OpenMP threads spin for a while after each parallel loop, waiting for the next one, so the
 # BLAS GEMM that follows shares the cores with busy-waiting threads: the demo's FCN-8s training step
@@ -30,7 +31,7 @@ from .kernels import OPS, OPTIONAL_OPS, reference
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 BACKENDS = ("numpy", "numba", "cupy")
-_state = {"name": None, "ops": None, "xp": np, "workspace": int(os.environ.get("MINIFCN_WORKSPACE_MB", 128)) << 20}
+_state = {"name": None, "ops": None, "workspace": int(os.environ.get("MINIFCN_WORKSPACE_MB", 128)) << 20}
 
 
 def available(name):
@@ -47,10 +48,8 @@ def available(name):
 
 
 def _namespace(module):
-    """Every op: the backend's own kernel where it has one, else the reference; optional ops if present."""
-    ops = {op: staticmethod(getattr(module, op, getattr(reference, op))) for op in OPS}
-    ops.update({op: staticmethod(getattr(module, op)) for op in OPTIONAL_OPS if hasattr(module, op)})
-    return type("Ops", (), ops)
+    """Every op: the backend's own kernel where it has one, else the reference."""
+    return type("Ops", (), {op: staticmethod(getattr(module, op, getattr(reference, op))) for op in OPS})
 
 
 def set_backend(name):
@@ -66,7 +65,8 @@ def set_backend(name):
         ops, xp = importlib.import_module(".kernels.numba_cpu", __package__), np
     else:
         ops, xp = importlib.import_module(".kernels.cuda", __package__), importlib.import_module("cupy")
-    _state.update(name=name, ops=_namespace(ops), xp=xp)
+    _state.update(name=name, ops=_namespace(ops))
+    arrays.set_default_module(xp)
     return name
 
 
@@ -81,7 +81,7 @@ def ops():
 
 def xp():
     """The array module new Tensors use: numpy, or cupy for the GPU backend."""
-    return _state["xp"]
+    return arrays.default_module()
 
 
 def workspace_limit():

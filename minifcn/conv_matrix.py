@@ -10,9 +10,9 @@ respect to its input (for L = <C x, g>, dL/dx = C^T g).
 
 import numpy as np
 
-from .autograd import as_array
+from .arrays import as_array
 from .functional import conv2d, conv_transpose2d
-from .im2col import conv_output_hw, conv_transpose_output_size, pair
+from .conv_arithmetic import conv_output_hw, conv_transpose_output_size, pair
 
 
 class ConvMatrix:

@@ -6,9 +6,11 @@ returns a Tensor; ``im2col``/``col2im`` work on plain arrays.
 
 import numpy as np
 
-from . import backend
-from .autograd import Function, Tensor, array_module, as_array
-from .im2col import _geometry, col2im, conv_output_hw, conv_output_size, conv_transpose_output_size, im2col, pair
+from . import backend, workspace
+from .arrays import array_module, as_array
+from .autograd import Function, Tensor
+from .conv_arithmetic import conv_geometry, conv_output_size, conv_transpose_output_size, pair
+from .im2col import col2im, im2col
 
 __all__ = ["im2col", "col2im", "conv2d", "conv_transpose2d", "max_pool2d", "relu", "dropout",
            "pad2d", "crop", "softmax_cross_entropy", "conv_output_size", "conv_transpose_output_size",
@@ -28,119 +30,19 @@ def _check_conv_operands(x, w, b, channel_axis, op):
         raise ValueError(f"{op}: bias of shape {b.shape} does not match {out_channels} output channels")
 
 
-def _row_chunks(N, OH, row_bytes):
-    """(batch slice, output-row slice) pieces whose im2col columns fit in the workspace limit.
-
-    Whole images are grouped while they fit; a single image too big for the
-    limit is cut into blocks of output rows.
-    """
-    rows = max(1, backend.workspace_limit() // max(row_bytes, 1))
-    if rows >= OH:
-        items = max(1, rows // OH)
-        for n in range(0, N, items):
-            yield slice(n, min(n + items, N)), slice(0, OH)
-    else:
-        for n in range(N):
-            for r in range(0, OH, rows):
-                yield slice(n, n + 1), slice(r, min(r + rows, OH))
-
-
-def _conv_pieces(input_shape, kernel, stride, padding, dilation, channels, itemsize):
-    """For each chunk: (batch slice, output rows, the padded-input rows they read)."""
-    (kh, kw), (sh, sw), (dh, dw) = pair(kernel), pair(stride), pair(dilation)
-    OH, OW = conv_output_hw(input_shape[2:], (kh, kw), stride, padding, dilation)
-    for ns, rs in _row_chunks(input_shape[0], OH, channels * kh * kw * OW * itemsize):
-        yield ns, rs, slice(rs.start * sh, (rs.stop - 1) * sh + dh * (kh - 1) + 1)
-
-
-def _unfold(x, kernel, stride, dilation):
-    """im2col through the backend, padding already applied; a 1x1 stride-1 kernel needs no copy at all."""
-    if pair(kernel) == (1, 1) and pair(stride) == (1, 1):
-        return x.reshape(x.shape[0], x.shape[1], -1)
-    return backend.ops().im2col(x, kernel, stride, 0, dilation)
-
-
-def _padded(x, padding):
-    ph, pw = pair(padding)
-    return array_module(x).pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
-
-
-def _direct(w_shape, stride, dilation, weight_grad=False):
-    """Whether this convolution goes to the backend's direct kernel (thin stride-1 layers on Numba)."""
-    ops = backend.ops()
-    return (hasattr(ops, "conv_direct") and pair(stride) == (1, 1) and pair(dilation) == (1, 1)
-            and pair(w_shape[2:]) != (1, 1) and ops.use_direct(w_shape[1], w_shape[0], weight_grad))
-
-
-def _conv_forward(x, w, stride, padding, dilation):
-    """y = W @ im2col(x), W = w.reshape(Cout, Cin*kh*kw), one workspace-sized chunk at a time.
-
-    (Thin stride-1 layers on a backend with a direct kernel skip the columns altogether.)
-    """
-    *_, (OH, OW) = _geometry(x.shape, w.shape[2:], stride, padding, dilation)  # validates, names bad input
-    if _direct(w.shape, stride, dilation):
-        return backend.ops().conv_direct(_padded(x, padding), w)
-    N, Cout = x.shape[0], w.shape[0]
-    xp, W = _padded(x, padding), w.reshape(Cout, -1)
-    y = array_module(x).empty((N, Cout, OH, OW), dtype=np.result_type(x.dtype, w.dtype))
-    for ns, rs, rows in _conv_pieces(x.shape, w.shape[2:], stride, padding, dilation, x.shape[1], x.itemsize):
-        cols = _unfold(xp[ns, :, rows], w.shape[2:], stride, dilation)
-        y[ns, :, rs] = (W @ cols).reshape(-1, Cout, rs.stop - rs.start, OW)
-    return y
-
-
-def _conv_input_grad(g, w, input_shape, stride, padding, dilation):
-    """dL/dx of y = conv2d(x, w) from dL/dy: col2im(W^T g). This IS conv_transpose2d.
-
-    With W = w.reshape(Cout, Cin*kh*kw) and y = W @ im2col(x), the chain rule
-    gives dL/dcols = W^T @ g, and col2im (the adjoint of im2col) folds that
-    back onto the image. Done chunk by chunk, each fold added into its rows.
-    """
-    N, Cout, OH, OW = g.shape
-    ph, pw = pair(padding)
-    H, W_ = input_shape[2:]
-    kh, kw = w.shape[2:]
-    if _direct(w.shape, stride, dilation) and ph < kh and pw < kw:
-        # stride 1: the input gradient is a "full" convolution of g with the flipped kernel, channels swapped
-        flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
-        return backend.ops().conv_direct(_padded(g, (kh - 1 - ph, kw - 1 - pw)), flipped)
-    Wt = w.reshape(Cout, -1).T
-    dxp = array_module(g).zeros((N, input_shape[1], H + 2 * ph, W_ + 2 * pw), dtype=np.result_type(g.dtype, w.dtype))
-    for ns, rs, rows in _conv_pieces(input_shape, w.shape[2:], stride, padding, dilation, input_shape[1], g.itemsize):
-        piece = dxp[ns, :, rows]
-        cols = Wt @ g[ns, :, rs].reshape(piece.shape[0], Cout, -1)
-        if pair(w.shape[2:]) == (1, 1) and pair(stride) == (1, 1):  # folding 1x1 columns is a reshape
-            piece += cols.reshape(piece.shape)
-        else:
-            piece += backend.ops().col2im(cols, piece.shape, w.shape[2:], stride, 0, dilation)
-    return dxp[:, :, ph: ph + H, pw: pw + W_]
-
-
-def _conv_weight_grad(g, x, w_shape, stride, padding, dilation):
-    """dL/dW = sum over batch and positions of g (Cout x L) times im2col(x)^T (L x K), chunk by chunk.
-
-    The columns are recomputed from the kept input x rather than stored by the
-    forward pass: one more unfold, and k*k times less memory held for backward.
-    """
-    Cout = g.shape[1]
-    xp = _padded(x, padding)
-    if _direct(w_shape, stride, dilation, weight_grad=True):
-        return backend.ops().conv_direct_weight_grad(xp, g, w_shape[2:]).astype(g.dtype, copy=False)
-    dw = array_module(g).zeros((Cout, int(np.prod(w_shape[1:]))), dtype=g.dtype)
-    for ns, rs, rows in _conv_pieces(x.shape, w_shape[2:], stride, padding, dilation, x.shape[1], x.itemsize):
-        cols = _unfold(xp[ns, :, rows], w_shape[2:], stride, dilation)
-        gk = g[ns, :, rs].reshape(cols.shape[0], Cout, -1)
-        dw += (gk @ cols.transpose(0, 2, 1)).sum(axis=0)  # per image (Cout x L)(L x K): BLAS reads cols^T in place
-    return dw.reshape(w_shape)
-
-
 class Conv2d(Function):
-    """y[n, o] = sum_{c,i,j} w[o, c, i, j] * x[n, c, oh*s - p + i*d, ow*s - p + j*d] + b[o]."""
+    """y[n, o] = sum_{c,i,j} w[o, c, i, j] * x[n, c, oh*s - p + i*d, ow*s - p + j*d] + b[o].
+
+    The arithmetic is the backend's (``kernels/reference.py`` has the textbook
+    im2col + GEMM); ``workspace`` runs it in pieces that fit the memory limit.
+    The input is kept for the weight gradient, not its im2col columns.
+    """
 
     def forward(self, x, w, b=None, stride=1, padding=0, dilation=1):
         _check_conv_operands(x, w, b, 1, "conv2d")
-        self.params = stride, padding, dilation
-        y = _conv_forward(x, w, stride, padding, dilation)
+        geo = conv_geometry(x.shape, w.shape[2:], stride, padding, dilation)  # checks, and names bad input
+        self.params = geo.stride, geo.padding, geo.dilation
+        y = workspace.conv2d(x, w, *self.params)
         if b is not None:
             y += b.reshape(1, -1, 1, 1)
         self.x_shape, self.w = x.shape, w
@@ -148,8 +50,8 @@ class Conv2d(Function):
         return y
 
     def backward(self, g):
-        dx = _conv_input_grad(g, self.w, self.x_shape, *self.params) if self.needs_grad[0] else None
-        dw = _conv_weight_grad(g, self.x, self.w.shape, *self.params) if self.needs_grad[1] else None
+        dx = workspace.conv2d_input_grad(g, self.w, self.x_shape, *self.params) if self.needs_grad[0] else None
+        dw = workspace.conv2d_weight_grad(g, self.x, self.w.shape, *self.params) if self.needs_grad[1] else None
         db = g.sum(axis=(0, 2, 3)) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
         return dx, dw, db
 
@@ -158,7 +60,9 @@ class ConvTranspose2d(Function):
     """The adjoint of Conv2d: forward is conv2d's input gradient, backward is conv2d.
 
     Weights are (Cin, Cout, kh, kw): seen as a conv2d weight they map Cout
-    channels to Cin, and this op applies that convolution's transpose.
+    channels to Cin, and this op applies that convolution's transpose. With
+    output_padding, that convolution may produce more rows than x has (for
+    stride 1 and dilation > 1 it always does): x is taken to be zero there.
     """
 
     def forward(self, x, w, b=None, stride=1, padding=0, output_padding=0, dilation=1):
@@ -176,16 +80,20 @@ class ConvTranspose2d(Function):
         if min(out_shape[2:]) < 1:
             raise ValueError(f"conv_transpose2d: input {x.shape} with weight {w.shape}, stride {(sh, sw)}, "
                              f"padding {(ph, pw)} gives an empty output {out_shape}")
-        self.params = (sh, sw), (ph, pw), (dh, dw)
-        y = _conv_input_grad(x, w, out_shape, *self.params)
+        geo = conv_geometry(out_shape, w.shape[2:], (sh, sw), (ph, pw), (dh, dw))
+        self.params, self.x_hw = (geo.stride, geo.padding, geo.dilation), (H, W)
+        if geo.out != (H, W):
+            x = array_module(x).pad(x, ((0, 0), (0, 0), (0, geo.out[0] - H), (0, geo.out[1] - W)))
+        y = workspace.conv2d_input_grad(x, w, out_shape, *self.params)
         if b is not None:
             y += b.reshape(1, -1, 1, 1)
         self.x, self.w = (x if self.needs_grad[1] else None), w
         return y
 
     def backward(self, g):
-        dx = _conv_forward(g, self.w, *self.params) if self.needs_grad[0] else None
-        dw = _conv_weight_grad(self.x, g, self.w.shape, *self.params) if self.needs_grad[1] else None
+        H, W = self.x_hw
+        dx = workspace.conv2d(g, self.w, *self.params)[:, :, :H, :W] if self.needs_grad[0] else None
+        dw = workspace.conv2d_weight_grad(self.x, g, self.w.shape, *self.params) if self.needs_grad[1] else None
         db = g.sum(axis=(0, 2, 3)) if len(self.needs_grad) > 2 and self.needs_grad[2] else None
         return dx, dw, db
 

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 from hypothesis import given
-from strategies import conv_geometry, naive_conv2d, random_arrays, restoring_output_padding
+from strategies import (conv_geometry, naive_conv2d, naive_conv_transpose2d, random_arrays, restoring_output_padding,
+                        transpose_geometry)
 
 from minifcn import Tensor
 from minifcn.functional import conv2d, conv_output_size, conv_transpose2d, conv_transpose_output_size
@@ -45,6 +46,15 @@ def test_conv_transpose2d_output_size_inverts_conv(g):
     assert back.shape == x.shape
     assert back.shape[2:] == tuple(conv_transpose_output_size(m, k, s, p, e, d) for m, k, s, p, e, d in
                                    zip(z.shape[2:], w.shape[2:], g["stride"], g["padding"], extra, g["dilation"]))
+
+
+@given(transpose_geometry())
+def test_conv_transpose2d_equals_naive_scatter_for_every_legal_output_padding(g):
+    rng, x, w, _ = random_arrays(g)
+    b = rng.standard_normal(w.shape[1])  # (Cin, Cout, kh, kw): one bias per output channel
+    args = (g["stride"], g["padding"], g["output_padding"], g["dilation"])
+    y = conv_transpose2d(x, w, b, *args).data
+    np.testing.assert_allclose(y, naive_conv_transpose2d(x, w, *args) + b[:, None, None], atol=1e-10)
 
 
 def test_worked_example_of_the_review():

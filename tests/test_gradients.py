@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from strategies import conv_geometry, random_arrays, restoring_output_padding
+from strategies import conv_geometry, random_arrays, restoring_output_padding, transpose_geometry
 
 from minifcn import Function, Tensor, gradcheck
 from minifcn import functional as F
@@ -32,6 +32,15 @@ def test_conv_transpose2d_gradients(g):
     z, w, b = (Tensor(a, requires_grad=True) for a in (z, w, b))
     assert gradcheck(lambda z, w, b: F.conv_transpose2d(z, w, b, g["stride"], g["padding"], extra, g["dilation"]),
                      z, w, b)
+
+
+@settings(max_examples=25)
+@given(transpose_geometry(max_size=4))
+def test_conv_transpose2d_gradients_with_any_output_padding(g):
+    rng, x, w, _ = random_arrays(g)
+    x, w = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
+    assert gradcheck(lambda x, w: F.conv_transpose2d(x, w, None, g["stride"], g["padding"], g["output_padding"],
+                                                     g["dilation"]), x, w)
 
 
 @pytest.mark.parametrize("kernel,stride,padding,ceil", [(2, 2, 0, True), (3, 2, 1, True), (3, 2, 0, False),

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from minifcn import backend
 from minifcn.functional import pool_output_size
 from minifcn.kernels import OPS, reference
-from strategies import conv_geometry, random_arrays
+from strategies import conv_geometry, naive_conv2d, random_arrays
+
+from minifcn import ConvMatrix
 
 numba_cpu = pytest.importorskip("minifcn.kernels.numba_cpu", reason="numba is not installed")
 
@@ -53,6 +55,45 @@ def test_im2col_and_col2im_match_reference(module, to_device, dtype, g):
     close(kernels.im2col(to_device(x), *args), cols, dtype)
     c = np.random.default_rng(g["seed"]).standard_normal(cols.shape).astype(dtype)
     close(kernels.col2im(to_device(c), x.shape, *args), reference.col2im(c, x.shape, *args), dtype)
+
+
+@given(g=conv_geometry(max_size=6))
+def test_reference_convolution_is_the_textbook_definition(g):
+    """conv2d against the naive loop; its input gradient against the dense matrix's transpose; its weight
+    gradient against the definition dL/dw[o,c,i,j] = <conv2d(x, e_ocij), g> (conv2d is linear in w)."""
+    rng, x, w, _ = random_arrays(g)
+    args = (g["stride"], g["padding"], g["dilation"])
+    y = reference.conv2d(x, w, *args)
+    np.testing.assert_allclose(y, naive_conv2d(x, w, np.zeros(w.shape[0]), *args), atol=1e-10)
+    gy = rng.standard_normal(y.shape)
+    dense = ConvMatrix(w, x.shape[1:], *args).toarray()
+    want_dx = np.stack([dense.T @ gy[n].ravel() for n in range(x.shape[0])]).reshape(x.shape)
+    np.testing.assert_allclose(reference.conv2d_input_grad(gy, w, x.shape, *args), want_dx, atol=1e-10)
+    want_dw = np.zeros(w.shape)
+    for k in np.ndindex(w.shape):
+        e = np.zeros(w.shape)
+        e[k] = 1
+        want_dw[k] = (naive_conv2d(x, e, np.zeros(w.shape[0]), *args) * gy).sum()
+    np.testing.assert_allclose(reference.conv2d_weight_grad(gy, x, w.shape, *args), want_dw, atol=1e-10)
+
+
+@pytest.mark.parametrize("module, to_device", KERNELS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(g=conv_geometry(), cin=st.sampled_from([None, 9, 24]), cout=st.sampled_from([None, 8, 20]))
+def test_convolution_ops_match_reference(module, to_device, dtype, g, cin, cout):
+    """Every route a backend may choose (by channels, stride, dilation, padding) equals the textbook."""
+    kernels = module()
+    g = dict(g, x_shape=g["x_shape"][:1] + (cin or g["x_shape"][1],) + g["x_shape"][2:],
+             w_shape=(cout or g["w_shape"][0], cin or g["w_shape"][1]) + g["w_shape"][2:])
+    rng, x, w, _ = random_arrays(g, dtype)
+    args = (g["stride"], g["padding"], g["dilation"])
+    y = reference.conv2d(x, w, *args)
+    close(kernels.conv2d(to_device(x), to_device(w), *args), y, dtype)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    close(kernels.conv2d_input_grad(to_device(gy), to_device(w), x.shape, *args),
+          reference.conv2d_input_grad(gy, w, x.shape, *args), dtype)
+    close(kernels.conv2d_weight_grad(to_device(gy), to_device(x), w.shape, *args),
+          reference.conv2d_weight_grad(gy, x, w.shape, *args), dtype)
 
 
 @st.composite

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from strategies import conv_geometry, random_arrays, restoring_output_padding
+from strategies import conv_geometry, random_arrays, restoring_output_padding, transpose_geometry
 
 from minifcn import Tensor
 from minifcn import functional as F
@@ -23,6 +23,17 @@ def test_conv2d_and_transpose_match_pytorch(g):
     ref_t = torch.nn.functional.conv_transpose2d(ref, torch.tensor(w), output_padding=extra, **args)
     np.testing.assert_allclose(F.conv_transpose2d(ref.numpy(), w, output_padding=extra, **args).data,
                                ref_t.numpy(), atol=1e-9)
+
+
+@settings(max_examples=50)
+@given(transpose_geometry())
+def test_conv_transpose2d_matches_pytorch_for_every_legal_output_padding(g):
+    """PyTorch allows output_padding < max(stride, dilation); stride 1 with dilation > 1 once crashed here."""
+    rng, x, w, _ = random_arrays(g)
+    b = rng.standard_normal(w.shape[1])  # (Cin, Cout, kh, kw): one bias per output channel
+    args = dict(stride=g["stride"], padding=g["padding"], output_padding=g["output_padding"], dilation=g["dilation"])
+    ref = torch.nn.functional.conv_transpose2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), **args)
+    np.testing.assert_allclose(F.conv_transpose2d(x, w, b, **args).data, ref.numpy(), atol=1e-10)
 
 
 @pytest.mark.parametrize("k,s,p", [(2, 2, 0), (3, 2, 1), (3, 3, 1)])

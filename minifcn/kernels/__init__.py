@@ -8,8 +8,11 @@
 ``minifcn.backend`` picks one of them; an op a backend does not provide falls
 back to the reference. GEMMs stay in BLAS (numpy.matmul / cuBLAS).
 
-The ops (all arrays, no Tensors):
+The ops (all arrays, no Tensors; stride, padding and dilation are ints or pairs):
 
+    conv2d(x, w, stride, padding, dilation) -> y (N, Cout, OH, OW)       w: (Cout, Cin, kh, kw), no bias
+    conv2d_input_grad(g, w, input_shape, stride, padding, dilation) -> dx  (this IS the transposed conv)
+    conv2d_weight_grad(g, x, w_shape, stride, padding, dilation) -> dw
     im2col(x, kernel_size, stride, padding, dilation) -> cols (N, C*kh*kw, OH*OW)
     col2im(cols, input_shape, kernel_size, stride, padding, dilation) -> (N, C, H, W)
     max_pool(x, kernel, stride, padding, out_hw) -> (y, argmax)   argmax: uint8 offset i*kw + j
@@ -18,16 +21,12 @@ The ops (all arrays, no Tensors):
     softmax_xent(z, t, weight, ignore_index) -> (sum of weighted losses, sum of weights)
     softmax_xent_backward(z, t, weight, ignore_index, scale) -> scale * w[t] (softmax(z) - onehot(t))
 
-Loss ops take z of shape (N, K, P) and t of shape (N, P) (int64).
-
-Optional ops, used only where a backend has them (the reference does not: its
-convolution is the textbook im2col + GEMM):
-
-    use_direct(in_channels, out_channels, weight_grad=False) -> whether the next two win here
-    conv_direct(xp, w) -> y                 stride 1, no dilation, xp already padded
-    conv_direct_weight_grad(xp, g, kernel) -> dw
+Loss ops take z of shape (N, K, P) and t of shape (N, P) (int64). The three
+convolution ops may hold a large workspace (im2col columns);
+``minifcn.workspace`` calls them on pieces that fit the workspace limit.
+A backend decides inside its own conv ops how to compute them (the Numba
+backend convolves thin layers directly, without im2col).
 """
 
-OPS = ("im2col", "col2im", "max_pool", "max_pool_backward", "relu", "relu_backward", "softmax_xent",
-       "softmax_xent_backward")
-OPTIONAL_OPS = ("use_direct", "conv_direct", "conv_direct_weight_grad")
+OPS = ("conv2d", "conv2d_input_grad", "conv2d_weight_grad", "im2col", "col2im", "max_pool", "max_pool_backward",
+       "relu", "relu_backward", "softmax_xent", "softmax_xent_backward")

@@ -7,9 +7,12 @@ atomicAdd, because overlapping windows may pick the same input.
 Imported only when the "cupy" backend is chosen.
 """
 
+import functools
+
 import cupy as cp
 
-from ..im2col import _geometry
+from ..conv_arithmetic import conv_geometry
+from . import reference
 
 _IDX = "ptrdiff_t"
 
@@ -105,7 +108,7 @@ _softmax_xent_backward = cp.ElementwiseKernel(
 
 
 def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (OH, OW) = _geometry(x.shape, kernel_size, stride, padding, dilation)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (OH, OW) = conv_geometry(x.shape, kernel_size, stride, padding, dilation)
     N, C, H, W = x.shape
     out = cp.empty((N, C, kh, kw, OH, OW), dtype=x.dtype)
     _im2col(cp.ascontiguousarray(x), C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, out)
@@ -113,13 +116,19 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
 
 
 def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (OH, OW) = _geometry(input_shape, kernel_size, stride, padding, dilation)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (OH, OW) = conv_geometry(input_shape, kernel_size, stride, padding, dilation)
     N, C, H, W = input_shape
     if cols.shape != (N, C * kh * kw, OH * OW):
         raise ValueError(f"cols of shape {cols.shape} do not fit input shape {tuple(input_shape)}")
     out = cp.empty((N, C, H, W), dtype=cols.dtype)
     _col2im(cp.ascontiguousarray(cols), C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, out)
     return out
+
+
+# The convolution is the reference's im2col + GEMM (cuBLAS) with the kernels above for the unfolding.
+conv2d = functools.partial(reference.conv2d, unfold=im2col)
+conv2d_input_grad = functools.partial(reference.conv2d_input_grad, fold=col2im)
+conv2d_weight_grad = functools.partial(reference.conv2d_weight_grad, unfold=im2col)
 
 
 def max_pool(x, kernel, stride, padding, out_hw):

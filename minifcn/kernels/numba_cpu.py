@@ -12,7 +12,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ..im2col import _geometry
+from ..conv_arithmetic import conv_geometry
+from . import reference
 
 
 @njit(cache=True)
@@ -60,18 +61,23 @@ def _col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, out):
 
 
 def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (OH, OW) = _geometry(x.shape, kernel_size, stride, padding, dilation)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (OH, OW) = conv_geometry(x.shape, kernel_size, stride, padding, dilation)
     N, C = x.shape[:2]
+    if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
+        return reference.im2col(x, kernel_size)  # the image itself: nothing to copy
     out = np.empty((N, C, kh, kw, OH, OW), dtype=x.dtype)
     _im2col(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, out)
     return out.reshape(N, C * kh * kw, OH * OW)
 
 
 def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (OH, OW) = _geometry(input_shape, kernel_size, stride, padding, dilation)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (OH, OW) = conv_geometry(input_shape, kernel_size, stride, padding,
+                                                                     dilation)
     N, C, H, W = input_shape
     if cols.shape != (N, C * kh * kw, OH * OW):
         raise ValueError(f"cols of shape {cols.shape} do not fit input shape {tuple(input_shape)}")
+    if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
+        return reference.col2im(cols, input_shape, kernel_size)
     out = np.zeros((N, C, H, W), dtype=cols.dtype)
     _col2im(np.ascontiguousarray(cols).reshape(N, C, kh, kw, OH, OW), kh, kw, sh, sw, ph, pw, dh, dw, out)
     return out
@@ -91,6 +97,42 @@ DIRECT_WGRAD_MAX_CHANNELS = 8
 def use_direct(in_channels, out_channels, weight_grad=False):
     """Whether the direct loops beat im2col + BLAS for this layer (measured, see above)."""
     return max(in_channels, out_channels) <= (DIRECT_WGRAD_MAX_CHANNELS if weight_grad else DIRECT_MAX_CHANNELS)
+
+
+def _direct(w_shape, geo, weight_grad=False):
+    """Stride 1, no dilation, a kernel wider than 1x1, and few channels: the direct loops' case."""
+    return (geo.stride == (1, 1) and geo.dilation == (1, 1) and geo.kernel != (1, 1)
+            and use_direct(w_shape[1], w_shape[0], weight_grad))
+
+
+def _pad(x, padding):
+    ph, pw = padding
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+
+
+def conv2d(x, w, stride=1, padding=0, dilation=1):
+    """Thin stride-1 layers directly; the rest as im2col (this module's) + BLAS."""
+    geo = conv_geometry(x.shape, w.shape[2:], stride, padding, dilation)
+    if _direct(w.shape, geo):
+        return conv_direct(_pad(x, geo.padding), w)
+    return reference.conv2d(x, w, stride, padding, dilation, unfold=im2col)
+
+
+def conv2d_input_grad(g, w, input_shape, stride=1, padding=0, dilation=1):
+    """At stride 1 the input gradient is a "full" convolution of g with the flipped kernel, channels swapped."""
+    geo = conv_geometry(input_shape, w.shape[2:], stride, padding, dilation)
+    (kh, kw), (ph, pw) = geo.kernel, geo.padding
+    if _direct(w.shape, geo) and ph < kh and pw < kw:
+        flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+        return conv_direct(_pad(g, (kh - 1 - ph, kw - 1 - pw)), flipped)
+    return reference.conv2d_input_grad(g, w, input_shape, stride, padding, dilation, fold=col2im)
+
+
+def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1):
+    geo = conv_geometry(x.shape, w_shape[2:], stride, padding, dilation)
+    if _direct(w_shape, geo, weight_grad=True):
+        return conv_direct_weight_grad(_pad(x, geo.padding), g, geo.kernel).astype(g.dtype, copy=False)
+    return reference.conv2d_weight_grad(g, x, w_shape, stride, padding, dilation, unfold=im2col)
 
 
 @njit(parallel=True, cache=True, fastmath=True)

@@ -2,7 +2,7 @@
 
 from .. import nn
 from ..functional import pool_output_size
-from ..im2col import conv_output_hw
+from ..conv_arithmetic import conv_output_hw
 
 
 def summary(model, input_size=(500, 500)):

@@ -1,0 +1,80 @@
+"""Convolutions within a memory budget: any backend's conv ops, run on pieces that fit.
+
+im2col columns are kh*kw times the image they unfold: a 3x3 convolution over one
+500x500 map of 64 channels unfolds into 576 MB. The wrappers below cut the
+work into pieces whose columns stay under ``backend.workspace_limit()`` (128 MiB
+unless set): whole images while they fit, else blocks of output rows of one
+image. Output rows r0 .. r1-1 read the padded input's rows r0*s .. (r1-1)*s +
+d(kh-1), so each piece is a slice of the padded input, convolved with no
+further padding. When one piece holds everything, the op gets the call as it
+came (a backend may pad more cheaply than a copy).
+"""
+
+import numpy as np
+
+from . import backend
+from .arrays import array_module
+from .conv_arithmetic import conv_geometry
+
+
+def pieces(input_shape, geometry, channels, itemsize):
+    """[(batch slice, output-row slice, padded-input-row slice)] whose columns fit in the workspace.
+
+    ``channels`` and ``itemsize`` size the columns: channels*kh*kw*OW values per output row.
+    """
+    N = input_shape[0]
+    (kh, kw), (sh, _), _, (dh, _), (OH, OW) = geometry
+    rows = max(1, backend.workspace_limit() // max(channels * kh * kw * OW * itemsize, 1))
+    if rows >= OH:  # whole images, as many at a time as fit
+        items = max(1, rows // OH)
+        spans = [(slice(n, min(n + items, N)), slice(0, OH)) for n in range(0, N, items)]
+    else:  # one image at a time, in blocks of output rows
+        spans = [(slice(n, n + 1), slice(r, min(r + rows, OH))) for n in range(N) for r in range(0, OH, rows)]
+    return [(ns, rs, slice(rs.start * sh, (rs.stop - 1) * sh + dh * (kh - 1) + 1)) for ns, rs in spans]
+
+
+def padded(x, padding):
+    ph, pw = padding
+    return array_module(x).pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+
+
+def conv2d(x, w, stride=1, padding=0, dilation=1):
+    """The backend's conv2d, piece by piece: y[piece] = conv2d(padded x[piece rows], w)."""
+    geo = conv_geometry(x.shape, w.shape[2:], stride, padding, dilation)
+    plan = pieces(x.shape, geo, x.shape[1], x.itemsize)
+    if len(plan) == 1:
+        return backend.ops().conv2d(x, w, geo.stride, geo.padding, geo.dilation)
+    xp = padded(x, geo.padding)
+    y = array_module(x).empty((x.shape[0], w.shape[0]) + geo.out, dtype=np.result_type(x.dtype, w.dtype))
+    for ns, rs, rows in plan:
+        y[ns, :, rs] = backend.ops().conv2d(xp[ns, :, rows], w, geo.stride, 0, geo.dilation)
+    return y
+
+
+def conv2d_input_grad(g, w, input_shape, stride=1, padding=0, dilation=1):
+    """The backend's input gradient, piece by piece, each piece's fold added into its padded rows."""
+    geo = conv_geometry(input_shape, w.shape[2:], stride, padding, dilation)
+    plan = pieces(input_shape, geo, input_shape[1], g.itemsize)
+    if len(plan) == 1:
+        return backend.ops().conv2d_input_grad(g, w, tuple(input_shape), geo.stride, geo.padding, geo.dilation)
+    (ph, pw), (H, W) = geo.padding, input_shape[2:]
+    dxp = array_module(g).zeros((input_shape[0], input_shape[1], H + 2 * ph, W + 2 * pw),
+                                dtype=np.result_type(g.dtype, w.dtype))
+    for ns, rs, rows in plan:
+        piece = dxp[ns, :, rows]
+        piece += backend.ops().conv2d_input_grad(g[ns, :, rs], w, piece.shape, geo.stride, 0, geo.dilation)
+    return dxp[:, :, ph: ph + H, pw: pw + W]
+
+
+def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1):
+    """The backend's weight gradient, summed over the pieces."""
+    geo = conv_geometry(x.shape, w_shape[2:], stride, padding, dilation)
+    plan = pieces(x.shape, geo, x.shape[1], x.itemsize)
+    if len(plan) == 1:
+        return backend.ops().conv2d_weight_grad(g, x, tuple(w_shape), geo.stride, geo.padding, geo.dilation)
+    xp = padded(x, geo.padding)
+    dw = array_module(g).zeros(w_shape, dtype=np.result_type(g.dtype, x.dtype))
+    for ns, rs, rows in plan:
+        dw += backend.ops().conv2d_weight_grad(g[ns, :, rs], xp[ns, :, rows], tuple(w_shape), geo.stride, 0,
+                                               geo.dilation)
+    return dw

@@ -7,13 +7,14 @@ import os
 import sys
 import time
 
-from . import models
+from . import models, weights
 from .data import VOC_CLASSES, VOCSegmentation, synthesize
 from .data.download import download
 from .data.synth import PAINTERS
 from .data.voc import read_image
 from .metrics import format_scores
-from .train import TrainConfig, TrainingDiverged, evaluate, load_checkpoint, open_dataset, predict, train
+from .train import (TrainConfig, TrainingDiverged, evaluate, load_checkpoint, open_dataset, predict, save_checkpoint,
+                    train)
 from .viz import colorize, overlay, panel, save_png
 
 
@@ -77,6 +78,39 @@ def cmd_data(args):
         print(f"wrote a VOC-format dataset to {args.root}")
     else:
         print(f"VOC2012 ready at {download(args.name, args.root)}")
+
+
+def imported_model(state, model=None, num_classes=None, preprocess=None):
+    """(config, model) for a PyTorch state dict: torchvision's VGG16, convolutionalized, or an FCN by its names.
+
+    An FCN's kind, classes and widths are read off its tensors (score_pool3 -> FCN-8s, conv1_1's 64
+    filters -> width 1). pytorch-fcn's FCNs were trained on Caffe's BGR input, torchvision's VGG16 on
+    ImageNet-normalised RGB: that sets ``preprocess`` unless it is given.
+    """
+    if weights.kind_of(state) == "vgg16":
+        config = TrainConfig(data="", model=model or "fcn8s", width=1.0, fc_width=4096, num_classes=num_classes or 21,
+                             input_mode="pad100", preprocess=preprocess or "imagenet")
+        return config, models.build(config.model, **config.model_config()).load_vgg16(state)
+    kind = "fcn8s" if "score_pool3.weight" in state else "fcn16s" if "score_pool4.weight" in state else "fcn32s"
+    if model and model != kind:
+        raise ValueError(f"the file holds an {kind.upper()[:3]}-{kind[3:]} (its layers say so), not {model}")
+    config = TrainConfig(data="", model=kind, width=state["conv1_1.weight"].shape[0] / 64,
+                         fc_width=state["fc6.weight"].shape[0], num_classes=state["score_fr.weight"].shape[0],
+                         input_mode="pad100", preprocess=preprocess or "caffe")
+    if num_classes and num_classes != config.num_classes:
+        raise ValueError(f"the file scores {config.num_classes} classes, not {num_classes}")
+    return config, models.build(config.model, **config.model_config()).load_state_dict(state)
+
+
+def cmd_weights(args):
+    if os.path.exists(args.out) and not args.force:
+        raise ValueError(f"{args.out} exists; choose another --out or add --force to replace it")
+    state = weights.state_dict_of(weights.load_pth(args.file))
+    config, model = imported_model(state, args.model, args.num_classes, args.preprocess)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    save_checkpoint(args.out, config, model, meta={"step": 0, "epoch": 0, "imported_from": os.path.abspath(args.file)})
+    print(f"wrote {args.out}: {config.model} with {config.num_classes} classes, width {config.width:g}, "
+          f"fc {config.fc_width}, {config.preprocess} preprocessing (from {weights.kind_of(state)} weights)")
 
 
 def cmd_demo(args):
@@ -151,6 +185,19 @@ def parser():
     d.add_argument("name", choices=["voc2012"])
     d.add_argument("--root", required=True)
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("weights", help="bring in weights from a PyTorch file")
+    actions = p.add_subparsers(dest="action", required=True)
+    w = actions.add_parser("import", help="a .pth (torchvision VGG16, pytorch-fcn FCN) -> a minifcn checkpoint")
+    w.add_argument("file", help="a PyTorch .pth, zip or legacy format (read without torch)")
+    w.add_argument("--out", required=True, help="the checkpoint .npz to write")
+    w.add_argument("--model", choices=["fcn32s", "fcn16s", "fcn8s"],
+                   help="for VGG16: the FCN to build on it (default fcn8s); for an FCN file: a check")
+    w.add_argument("--num-classes", type=int, help="for VGG16: classes of the new score layers (default 21)")
+    w.add_argument("--preprocess", choices=["imagenet", "caffe"],
+                   help="input normalisation the weights expect (default: imagenet for VGG16, caffe for an FCN)")
+    w.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_weights)
 
     p = sub.add_parser("demo", help="the main job: synth data, train FCN-8s, evaluate, draw predictions")
     p.add_argument("--out", default="runs/demo")

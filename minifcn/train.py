@@ -12,14 +12,16 @@ import json
 import math
 import os
 import time
+import zipfile
 
 import numpy as np
 from tqdm import tqdm
 
 from . import functional as F
-from . import models, nn
+from . import models, nn, weights
 from .autograd import Tensor, no_grad
 from .data import SIFTFlow, VOCSegmentation, augment, batches, normalize
+from .models.vgg import torchvision_vgg16_names
 from .metrics import ConfusionMatrix
 from .optim import SGD, Adam
 
@@ -34,7 +36,10 @@ class TrainConfig:
     width: float = 0.125
     fc_width: int = 512
     input_mode: str = "pad100"
-    learnable: bool = True  # False: FCN-32s-fixed, bilinear upsampling frozen
+    upsampling: str = "paper"  # final upsampler fixed bilinear, intermediate ones learned; "learned"; "fixed"
+    learnable: bool = None  # the older switch: True = upsampling "learned", False = "fixed"
+    freeze_body: bool = False  # FCN-32s-fixed as in the paper: only the score layers learn
+    preprocess: str = "imagenet"  # input normalisation the weights expect ("caffe" for the authors' weights)
     num_classes: int = 21
     epochs: int = 10
     batch_size: int = 8
@@ -52,14 +57,15 @@ class TrainConfig:
     val_split: str = "val"
     train_subset: int = None
     val_subset: int = None
-    init: str = None  # a checkpoint whose matching weights start this model (32s -> 16s -> 8s)
+    init: str = None  # a checkpoint (.npz) or PyTorch file (.pth: VGG16 or FCN) whose weights start this model
     seed: int = 0
     checkpoint_every: int = 50  # steps between checkpoints (and at every epoch end)
     val_every: int = 1  # epochs between validation passes (0: never during training)
 
     def model_config(self):
         return dict(num_classes=self.num_classes, width=self.width, fc_width=self.fc_width,
-                    input_mode=self.input_mode, learnable=self.learnable, seed=self.seed)
+                    input_mode=self.input_mode, learnable=self.learnable, upsampling=self.upsampling,
+                    preprocess=self.preprocess, seed=self.seed)
 
 
 def open_dataset(config, split, subset=None):
@@ -89,18 +95,72 @@ def save_checkpoint(path, config, model, optimizer=None, meta=None):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path):
-    """(config, model, state) from a checkpoint; state has 'model', 'optim' and 'meta'."""
+class CheckpointError(ValueError):
+    """A file that is not a usable minifcn checkpoint; the message names it and says why."""
+
+
+def read_checkpoint(path):
+    """(config, state) from a checkpoint .npz, checked; state has 'model', 'optim' and 'meta'."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found")
-    with np.load(path) as z:
-        config = TrainConfig(**json.loads(str(z["config"])))
-        state = {"model": {k[6:]: z[k] for k in z.files if k.startswith("model/")},
-                 "optim": {k[6:]: z[k] for k in z.files if k.startswith("optim/")},
-                 "meta": json.loads(str(z["meta"]))}
-    model = models.build(config.model, **config.model_config())
-    model.load_state_dict(state["model"])
+    try:
+        with np.load(path, allow_pickle=False) as z:  # never unpickle: a checkpoint holds arrays and JSON only
+            if "config" not in z.files or "meta" not in z.files:
+                raise CheckpointError("no config or meta record")
+            settings, meta = json.loads(str(z["config"])), json.loads(str(z["meta"]))
+            state = {"model": {k[6:]: z[k] for k in z.files if k.startswith("model/")},
+                     "optim": {k[6:]: z[k] for k in z.files if k.startswith("optim/")}, "meta": meta}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as err:
+        why = "not a .npz archive" if "pickle" in str(err) else str(err) or type(err).__name__
+        raise CheckpointError(f"{path} is not a minifcn checkpoint ({why})") from err
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not isinstance(settings, dict) or set(settings) - known:
+        raise CheckpointError(f"{path} is not a minifcn checkpoint (unknown settings "
+                              f"{sorted(set(settings) - known) if isinstance(settings, dict) else settings!r})")
+    bad = [k for k, v in state["model"].items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights ({', '.join(bad[:3])}); it cannot be used")
+    return TrainConfig(**settings), state
+
+
+def load_checkpoint(path):
+    """(config, model, state) from a checkpoint; state has 'model', 'optim' and 'meta'."""
+    config, state = read_checkpoint(path)
+    try:
+        model = models.build(config.model, **config.model_config())
+        model.load_state_dict(state["model"])
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{path} is not a minifcn checkpoint ({err})") from err
     return config, model, state
+
+
+def initialize(model, path):
+    """Start ``model`` from the weights in ``path``; returns (names copied, model names left as they were).
+
+    A minifcn checkpoint (.npz) or a PyTorch file (.pth) with pytorch-fcn's names gives every tensor
+    whose name and shape match (staged training: 32s -> 16s -> 8s); torchvision's VGG16 (.pth) is
+    convolutionalized (``FCN.load_vgg16``). Raises if not one convolution weight of the body fits,
+    which means the two nets differ in width.
+    """
+    if str(path).endswith(".pth"):
+        source = weights.state_dict_of(weights.load_pth(path))
+        if weights.kind_of(source) == "vgg16":
+            model.load_vgg16(source)
+            copied = sorted(f"{target}.{part}" for target in torchvision_vgg16_names().values()
+                            for part in ("weight", "bias"))
+            return copied, sorted(set(dict(model.named_parameters())) - set(copied))
+    else:
+        source = read_checkpoint(path)[1]["model"]
+    own = dict(model.named_parameters())
+    copied = sorted(k for k, v in source.items() if k in own and own[k].shape == np.shape(v))
+    if not any(own[k].ndim == 4 and not k.startswith(("score", "upscore")) for k in copied):
+        shapes = {k: np.shape(v) for k, v in source.items() if k in own}
+        example = next(iter(shapes.items()), None)
+        raise ValueError(f"--init {path}: no convolution weight fits this model" + (
+            f" (e.g. {example[0]} is {example[1]} there, {own[example[0]].shape} here: another width?)"
+            if example else " (no parameter name in common)"))
+    model.load_state_dict({k: source[k] for k in copied}, strict=False)
+    return copied, sorted(set(own) - set(copied))
 
 
 # --- the loops -------------------------------------------------------------------------------------------
@@ -141,7 +201,7 @@ def predictions(model, dataset, batch_size=4, progress=False):
     model.eval()
     try:
         with no_grad():
-            for x, y in tqdm(batches(dataset, batch_size, np.arange(len(dataset))),
+            for x, y in tqdm(batches(dataset, batch_size, np.arange(len(dataset)), preprocess=model.preprocess),
                              total=math.ceil(len(dataset) / batch_size), desc="eval", disable=not progress,
                              leave=False):
                 yield model(Tensor(x)).numpy().argmax(axis=1), y
@@ -164,11 +224,13 @@ def train(config, resume=False, max_steps=None, progress=True, log=print):
     train_set = open_dataset(config, config.train_split, config.train_subset)
     val_set = open_dataset(config, config.val_split, config.val_subset)
     model = models.build(config.model, **config.model_config())
-    if config.init:  # staged training: copy every weight whose name and shape match
-        _, source, _ = load_checkpoint(config.init)
-        own = dict(model.named_parameters())
-        model.load_state_dict({k: v for k, v in source.state_dict().items()
-                               if k in own and own[k].shape == v.shape}, strict=False)
+    if config.init:  # staged training, or a pre-trained classifier: copy every weight that fits
+        copied, fresh = initialize(model, config.init)
+        log(f"init from {config.init}: copied {len(copied)} tensors; {len(fresh)} start fresh"
+            + (f" ({', '.join(fresh)})" if fresh else ""))
+    if config.freeze_body:  # the paper's FCN-32s-fixed: only the last layer (the scorers) is fine-tuned
+        for name, p in model.named_parameters():
+            p.requires_grad = p.requires_grad and name.startswith("score")
     optimizer = make_optimizer(config, model)
     per_step = config.batch_size * config.accum_steps
     steps_per_epoch = max(1, len(train_set) // per_step)
@@ -203,7 +265,7 @@ def train(config, resume=False, max_steps=None, progress=True, log=print):
 
             optimizer.zero_grad()
             loss_total, correct, counted = 0.0, 0, 0
-            for x, y in batches(train_set, config.batch_size, chunk, transform):
+            for x, y in batches(train_set, config.batch_size, chunk, transform, model.preprocess):
                 scores = model(Tensor(x))
                 loss = F.softmax_cross_entropy(scores, y, reduction=config.loss_reduction)
                 (loss * (1.0 / config.accum_steps)).backward()
@@ -249,4 +311,4 @@ def predict(model, image):
     """Class indices (H, W) for one uint8 HxWx3 image."""
     model.eval()
     with no_grad():
-        return model(Tensor(normalize(image)[None])).numpy().argmax(axis=1)[0].astype(np.uint8)
+        return model(Tensor(normalize(image, model.preprocess)[None])).numpy().argmax(axis=1)[0].astype(np.uint8)

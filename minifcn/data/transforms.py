@@ -7,15 +7,28 @@ from .voc import IGNORE
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)  # ImageNet statistics, the usual choice
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+CAFFE_MEAN_BGR = np.array([104.00698793, 116.66876762, 122.67891434], dtype=np.float32)
+PREPROCESS = ("imagenet", "caffe")
 
 
-def normalize(image):
-    """uint8 HxWx3 -> float32 3xHxW with zero mean and unit variance per channel."""
+def normalize(image, preprocess="imagenet"):
+    """uint8 HxWx3 RGB -> float32 3xHxW, as the weights were trained to see it.
+
+    "imagenet" (torchvision's weights, and minifcn's own): RGB scaled to [0, 1], minus the ImageNet mean,
+    over its standard deviation. "caffe" (the FCN authors' Caffe weights, pytorch-fcn's *_from_caffe.pth):
+    BGR in 0-255, minus the mean BGR colour of ImageNet, not divided.
+    """
+    if preprocess == "caffe":
+        return (image[..., ::-1].astype(np.float32) - CAFFE_MEAN_BGR).transpose(2, 0, 1)
+    if preprocess != "imagenet":
+        raise ValueError(f"preprocess must be one of {PREPROCESS}, got {preprocess!r}")
     return ((image.astype(np.float32) / 255 - MEAN) / STD).transpose(2, 0, 1)
 
 
-def denormalize(x):
-    """float 3xHxW -> uint8 HxWx3, for pictures."""
+def denormalize(x, preprocess="imagenet"):
+    """float 3xHxW -> uint8 HxWx3 RGB, for pictures (the inverse of ``normalize``)."""
+    if preprocess == "caffe":
+        return np.clip(x.transpose(1, 2, 0) + CAFFE_MEAN_BGR, 0, 255)[..., ::-1].astype(np.uint8)
     return np.clip((x.transpose(1, 2, 0) * STD + MEAN) * 255, 0, 255).astype(np.uint8)
 
 
@@ -54,7 +67,7 @@ def collate(samples):
     return x, y
 
 
-def batches(dataset, batch_size, order, transform=None):
+def batches(dataset, batch_size, order, transform=None, preprocess="imagenet"):
     """Yield (x, y) batches over ``dataset`` in ``order``; ``transform(i, image, label)`` sees the index."""
     for start in range(0, len(order), batch_size):
         samples = []
@@ -62,5 +75,5 @@ def batches(dataset, batch_size, order, transform=None):
             image, label = dataset[i]
             if transform is not None:
                 image, label = transform(i, image, label)
-            samples.append((normalize(image), label))
+            samples.append((normalize(image, preprocess), label))
         yield collate(samples)

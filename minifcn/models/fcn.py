@@ -14,10 +14,12 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
+from ..data.transforms import PREPROCESS
 from .geometry import CoordMap, crop_offset
-from .vgg import Backbone, scaled, vgg16_backbone
+from .vgg import Backbone, scaled, torchvision_vgg16_names, vgg16_backbone
 
 INPUT_MODES = ("pad100", "pad32")
+UPSAMPLING = ("paper", "learned", "fixed")
 
 
 def bilinear_kernel(k):
@@ -34,15 +36,29 @@ def bilinear_kernel(k):
 
 
 class FCN(Backbone):
-    def __init__(self, num_classes=21, width=1.0, fc_width=4096, input_mode="pad100", learnable=True, seed=0):
+    """The shared body. ``upsampling``: "paper" (section 4.3: the final upsampling stays fixed bilinear,
+    the intermediate 2x ones start bilinear and learn), "learned" (all learn) or "fixed" (none learns, as
+    in the authors' released nets). ``learnable`` is the older switch: True means "learned", False
+    "fixed". ``preprocess``: how input images must be normalised for these weights (data.normalize).
+    """
+
+    def __init__(self, num_classes=21, width=1.0, fc_width=4096, input_mode="pad100", learnable=None, seed=0,
+                 upsampling="paper", preprocess="imagenet"):
         super().__init__()
+        if learnable is not None:
+            upsampling = "learned" if learnable else "fixed"
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}")
+        if upsampling not in UPSAMPLING:
+            raise ValueError(f"upsampling must be one of {UPSAMPLING}, got {upsampling!r}")
+        if preprocess not in PREPROCESS:
+            raise ValueError(f"preprocess must be one of {PREPROCESS}, got {preprocess!r}")
         if num_classes < 1 or width <= 0 or fc_width < 1:
             raise ValueError(f"num_classes {num_classes}, width {width} and fc_width {fc_width} must be positive")
         self.config = dict(num_classes=num_classes, width=width, fc_width=fc_width, input_mode=input_mode,
-                           learnable=learnable, seed=seed)
-        self.input_mode, self.num_classes, self.learnable = input_mode, num_classes, learnable
+                           seed=seed, upsampling=upsampling, preprocess=preprocess)
+        self.input_mode, self.num_classes, self.upsampling, self.preprocess = (input_mode, num_classes, upsampling,
+                                                                               preprocess)
         rng = np.random.default_rng(seed)
         pad100 = input_mode == "pad100"
         backbone = vgg16_backbone(width, 100 if pad100 else 1, rng)
@@ -65,18 +81,54 @@ class FCN(Backbone):
         """
         return cls(**other.config).load_state_dict(other.state_dict(), strict=False)
 
+    def load_vgg16(self, state_dict):
+        """Start from an ImageNet-trained VGG16 in torchvision's names: the paper's initialisation.
+
+        Each ``features.N`` convolution goes to its conv{stage}_{i}; fc6 and fc7 are convolutionalized
+        as in the paper: ``classifier.0`` (fc x 512*7*7) is reshaped to a 7x7 convolution, its rows being
+        flattened (512, 7, 7) pool5 windows, and ``classifier.3`` to a 1x1 one. The ImageNet scorer
+        (classifier.6) is dropped; the score layers restart at zero and the upsamplers at bilinear.
+        A tensor whose shape does not fit (a model of another width) is named in the error.
+        """
+        own = dict(self.named_parameters())
+        mapped = {}
+        for source, target in torchvision_vgg16_names().items():
+            for part in ("weight", "bias"):
+                key = f"{source}.{part}"
+                if key not in state_dict:
+                    raise ValueError(f"VGG16 state dict has no {key}; is it torchvision's VGG16 layout?")
+                value, want = np.asarray(state_dict[key]), own[f"{target}.{part}"].shape
+                fully_connected = source.startswith("classifier") and part == "weight"
+                expected = (want[0], int(np.prod(want[1:]))) if fully_connected else want
+                if value.shape != expected:
+                    raise ValueError(f"{key} has shape {value.shape}, but this model's {target}.{part} needs "
+                                     f"{expected} (width {self.config['width']}, fc_width {self.config['fc_width']}); a full "
+                                     f"VGG16 needs width=1.0, fc_width=4096")
+                mapped[f"{target}.{part}"] = value.reshape(want)  # fc6/fc7: a fully connected row is a k x k filter
+        self.load_state_dict(mapped, strict=False)
+        for name, module in self._modules.items():
+            if name.startswith("score"):
+                module.weight.data[...] = 0
+                module.bias.data[...] = 0
+            elif name.startswith("upscore"):
+                module.weight.data = self.upsampler(module.kernel_size[0], module.stride[0]).weight.data.copy()
+        return self
+
     def score_layer(self, in_channels):
         """A 1x1 class scorer, zero-initialised (the paper's choice: start from no opinion)."""
         return nn.Conv2d(in_channels, self.num_classes, 1, zero_init=True)
 
-    def upsampler(self, kernel, stride):
-        """A bias-free transposed convolution initialised to bilinear interpolation, class by class."""
+    def upsampler(self, kernel, stride, final=False):
+        """A bias-free transposed convolution initialised to bilinear interpolation, class by class.
+
+        Whether it learns follows ``upsampling``; ``final`` marks the last one (to the input's size).
+        """
         padding = (kernel - stride) // 2 if self.input_mode == "pad32" else 0
         up = nn.ConvTranspose2d(self.num_classes, self.num_classes, kernel, stride, padding, bias=False)
         weight = np.zeros(up.weight.shape, np.float32)
         weight[np.arange(self.num_classes), np.arange(self.num_classes)] = bilinear_kernel(kernel)
         up.weight.data = weight
-        up.weight.requires_grad = self.learnable
+        up.weight.requires_grad = self.upsampling == "learned" or (self.upsampling == "paper" and not final)
         return up
 
     def map_of(self, *names):

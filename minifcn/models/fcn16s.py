@@ -5,11 +5,11 @@ from .geometry import crop_offset
 
 
 class FCN16s(FCN):
-    def __init__(self, num_classes=21, width=1.0, fc_width=4096, input_mode="pad100", learnable=True, seed=0):
-        super().__init__(num_classes, width, fc_width, input_mode, learnable, seed)
+    def __init__(self, **config):  # see FCN
+        super().__init__(**config)
         self.score_pool4 = self.score_layer(self.conv4_3.weight.shape[0])
         self.upscore2 = self.upsampler(4, 2)
-        self.upscore16 = self.upsampler(32, 16)
+        self.upscore16 = self.upsampler(32, 16, final=True)
         self.offsets = {  # 5 and 27 with pad 100
             "score_pool4": crop_offset(self.map_of("pool4", "score_pool4"), self.map_of("score_fr", "upscore2")),
             "upscore16": self.final_offset("score_fr", "upscore2", "upscore16"),

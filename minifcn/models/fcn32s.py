@@ -4,9 +4,9 @@ from .fcn import FCN
 
 
 class FCN32s(FCN):
-    def __init__(self, num_classes=21, width=1.0, fc_width=4096, input_mode="pad100", learnable=True, seed=0):
-        super().__init__(num_classes, width, fc_width, input_mode, learnable, seed)
-        self.upscore = self.upsampler(64, 32)
+    def __init__(self, **config):  # see FCN
+        super().__init__(**config)
+        self.upscore = self.upsampler(64, 32, final=True)
         self.offset = self.final_offset("score_fr", "upscore")  # 19 with pad 100
 
     def forward(self, x):

@@ -5,12 +5,12 @@ from .geometry import crop_offset
 
 
 class FCN8s(FCN):
-    def __init__(self, num_classes=21, width=1.0, fc_width=4096, input_mode="pad100", learnable=True, seed=0):
-        super().__init__(num_classes, width, fc_width, input_mode, learnable, seed)
+    def __init__(self, **config):  # see FCN
+        super().__init__(**config)
         self.score_pool3 = self.score_layer(self.conv3_3.weight.shape[0])  # registration order as in pytorch-fcn
         self.score_pool4 = self.score_layer(self.conv4_3.weight.shape[0])
         self.upscore2 = self.upsampler(4, 2)
-        self.upscore8 = self.upsampler(16, 8)
+        self.upscore8 = self.upsampler(16, 8, final=True)
         self.upscore_pool4 = self.upsampler(4, 2)
         up2 = self.map_of("score_fr", "upscore2")
         up_pool4 = self.map_of("score_fr", "upscore2", "upscore_pool4")

@@ -11,11 +11,13 @@ from .vgg import scaled
 
 
 class PixelwiseNet(nn.Module):
-    def __init__(self, num_classes=21, width=1.0, fc_width=4096, input_mode="pad32", learnable=True, seed=0):
+    def __init__(self, num_classes=21, width=1.0, fc_width=4096, input_mode="pad32", learnable=None, seed=0,
+                 upsampling="paper", preprocess="imagenet"):
         super().__init__()
-        hidden = scaled(512, width)  # as wide as the FCN's conv5 layers; fc_width/input_mode/learnable unused
+        hidden = scaled(512, width)  # as wide as the FCN's conv5 layers; fc_width, input_mode, upsampling unused
         self.config = dict(num_classes=num_classes, width=width, fc_width=fc_width, input_mode=input_mode,
-                           learnable=learnable, seed=seed)
+                           seed=seed, upsampling=upsampling, preprocess=preprocess)
+        self.preprocess = preprocess
         rng = np.random.default_rng(seed)
         self.conv1 = nn.Conv2d(3, hidden, 1, rng=rng)
         self.relu1 = nn.ReLU()

@@ -34,6 +34,24 @@ def vgg16_backbone(width, first_padding, rng):
     return layers
 
 
+def torchvision_vgg16_names():
+    """{torchvision VGG16 layer name: minifcn/Caffe name}: features.0 -> conv1_1 ... classifier.3 -> fc7.
+
+    torchvision numbers the layers of one nn.Sequential: each convolution is followed by a ReLU and each
+    stage by a max pool, so the convolutions sit at 0, 2, 5, 7, 10, ... 28; fc6 and fc7 are
+    classifier.0 and classifier.3 (after a ReLU and a dropout). classifier.6, the 1000 ImageNet
+    classes, has no counterpart in an FCN.
+    """
+    names, index = {}, 0
+    for stage, (_, depth) in enumerate(VGG16_STAGES, start=1):
+        for i in range(1, depth + 1):
+            names[f"features.{index}"] = f"conv{stage}_{i}"
+            index += 2  # the convolution and its ReLU
+        index += 1  # the stage's max pool
+    names.update({"classifier.0": "fc6", "classifier.3": "fc7"})
+    return names
+
+
 class Backbone(nn.Module):
     """A Module whose layers run in registration order, recording named outputs ("taps")."""
 

@@ -9,7 +9,8 @@ Sections:
    that process's peak resident memory (gradients enabled, as in training);
 4. cold start: a fresh process with an empty Numba cache, from ``python`` to the end of the
    first training step (import and kernel compilation included);
-5. (numba) the thin layers of the small net, direct convolution loops against im2col + BLAS.
+5. (numba) the route table: every 3x3 layer of the small net through the register-tiled kernels and
+   through im2col + BLAS, and the route minifcn chooses.
 A ratio is minifcn / PyTorch: below 1 means minifcn is faster or smaller.
 """
 
@@ -115,32 +116,39 @@ def cold_start(args):
     return r["wall"], r["seconds"][0]
 
 
-def direct_rows(repeat):
-    """Section 5: the thin layers of the small FCN-8s, Numba's direct kernels against im2col + BLAS.
+SMALL_NET_LAYERS = [  # (name, in, out, size at batch 8 of 128^2): pad100 sizes, then pad32 sizes
+    ("conv1_2", 8, 8, 326), ("conv2_1", 8, 16, 163), ("conv2_2", 16, 16, 163), ("conv3_1", 16, 32, 82),
+    ("conv3_2", 32, 32, 82), ("conv4_1", 32, 64, 41), ("conv4_2", 64, 64, 41), ("conv5_2", 64, 64, 21),
+    ("conv1_2", 8, 8, 128), ("conv2_2", 16, 16, 64), ("conv3_2", 32, 32, 32), ("conv4_2", 64, 64, 16),
+    ("conv5_2", 64, 64, 8)]
 
-    Both routes run in this process, alternating; a ratio below 1 means the direct loops win.
-    """
+
+def route_rows(repeat):
+    """Section 5: every 3x3 layer of the small FCN-8s through Numba's register tiles and through im2col +
+    BLAS, fwd+bwd, both in this process, alternating; the last column is the route minifcn picks."""
     import minifcn
     from minifcn import Tensor, functional as F
+    from minifcn.conv_arithmetic import conv_geometry
     from minifcn.kernels import numba_cpu
-    limits = numba_cpu.DIRECT_MAX_CHANNELS, numba_cpu.DIRECT_WGRAD_MAX_CHANNELS
     rng, rows = np.random.default_rng(0), []
-    for name, cin, cout, size in (("conv1_2", 8, 8, 326), ("conv2_2", 16, 16, 163)):
+    for name, cin, cout, size in SMALL_NET_LAYERS:
         x = Tensor(rng.standard_normal((8, cin, size, size)).astype(np.float32), requires_grad=True)
         w = Tensor(rng.standard_normal((cout, cin, 3, 3)).astype(np.float32) * 0.1, requires_grad=True)
 
         def step():
             y = F.conv2d(x, w, padding=1)
             y.backward(y.data)
-        times = {True: [], False: []}
+        times = {"tiled": [], "gemm": []}
         for _ in range(repeat + 1):
-            for direct in (True, False):
-                numba_cpu.DIRECT_MAX_CHANNELS, numba_cpu.DIRECT_WGRAD_MAX_CHANNELS = \
-                    limits if direct else (0, 0)
-                t = time.perf_counter(); step(); times[direct].append(time.perf_counter() - t)
-        numba_cpu.DIRECT_MAX_CHANNELS, numba_cpu.DIRECT_WGRAD_MAX_CHANNELS = limits
-        a, b = np.median(times[True][1:]), np.median(times[False][1:])
-        rows.append(f"| {name} {cin}→{cout} at {size}², batch 8, fwd+bwd | {a:.3f} | {b:.3f} | {a / b:.2f} |")
+            for route in times:
+                numba_cpu.ROUTE = route
+                t = time.perf_counter(); step(); times[route].append(time.perf_counter() - t)
+        numba_cpu.ROUTE = None
+        a, b = np.median(times["tiled"][1:]), np.median(times["gemm"][1:])
+        flops = 3 * 2 * 8 * cin * cout * 9 * size * size  # forward, input and weight gradient
+        chosen = numba_cpu.route(conv_geometry((8, cin, size, size), 3, 1, 1), cin, cout)
+        rows.append(f"| {name} {cin}→{cout} at {size}² | {a * 1e3:.0f} ms ({flops / a / 1e9:.0f} GF/s) | "
+                    f"{b * 1e3:.0f} ms ({flops / b / 1e9:.0f} GF/s) | {a / b:.2f} | {chosen} |")
     assert minifcn.get_backend() == "numba"
     return rows
 
@@ -163,8 +171,9 @@ def main():
     for row in model_rows(args):
         print(row, flush=True)
     if args.backend == "numba":
-        print("\n| thin layer (numba) | direct s | im2col + BLAS s | ratio |\n|---|---|---|---|")
-        for row in direct_rows(args.repeat):
+        print("\n| small-net layer, batch 8, fwd+bwd (numba) | register tiles | im2col + BLAS | ratio | "
+              "route chosen |\n|---|---|---|---|---|")
+        for row in route_rows(args.repeat):
             print(row, flush=True)
         wall, step = cold_start(args)
         print(f"\ncold start (empty Numba cache): {wall:.1f} s from a new process to the end of the first "

@@ -104,12 +104,13 @@ def test_workspace_limit_rejects_nonsense(restore_backend):
         minifcn.set_workspace_limit(-5)
 
 
-@pytest.mark.parametrize("padding", [0, 1, 2, 3])  # 3 >= the kernel size: the input gradient leaves the direct path
-def test_direct_convolution_route_matches_the_reference_backend(restore_backend, padding):
-    """Thin stride-1 layers take the Numba direct kernels (forward, input and weight gradient)."""
-    pytest.importorskip("numba")
+@pytest.mark.parametrize("padding", [0, 1, 2, 3])  # 3 > d(k-1) = 2: the tiled input gradient crops g
+@pytest.mark.parametrize("route", ["tiled", "gemm"])
+def test_numba_routes_match_the_reference_backend(restore_backend, padding, route):
+    """Forward, input and weight gradient of a stride-1 layer, through Numba's tiles or through im2col + GEMM."""
+    numba_cpu = pytest.importorskip("minifcn.kernels.numba_cpu", reason="numba is not installed")
     rng = np.random.default_rng(padding)
-    x, w, b = rng.standard_normal((2, 5, 13, 10)), rng.standard_normal((7, 5, 3, 2)), rng.standard_normal(7)
+    x, w, b = rng.standard_normal((2, 5, 13, 21)), rng.standard_normal((11, 5, 3, 3)), rng.standard_normal(11)
 
     def run():
         xt, wt, bt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True), Tensor(b, requires_grad=True)
@@ -120,10 +121,13 @@ def test_direct_convolution_route_matches_the_reference_backend(restore_backend,
     minifcn.set_backend("numpy")
     want = run()
     minifcn.set_backend("numba")
-    from minifcn.kernels import numba_cpu
-    assert numba_cpu.use_direct(5, 7) and numba_cpu.use_direct(5, 7, weight_grad=True)
-    for got, ref in zip(run(), want):
-        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
+    numba_cpu.ROUTE = route
+    try:
+        got = run()
+    finally:
+        numba_cpu.ROUTE = None
+    for a, ref in zip(got, want):
+        np.testing.assert_allclose(a, ref, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("given", [None, "ACTIVE"])

@@ -77,12 +77,34 @@ def test_reference_convolution_is_the_textbook_definition(g):
     np.testing.assert_allclose(reference.conv2d_weight_grad(gy, x, w.shape, *args), want_dw, atol=1e-10)
 
 
-@pytest.mark.parametrize("module, to_device", KERNELS)
+ROUTES = [pytest.param(lambda: numba_cpu, lambda a: a, None, id="numba-auto"),
+          pytest.param(lambda: numba_cpu, lambda a: a, "tiled", id="numba-tiled"),
+          pytest.param(lambda: numba_cpu, lambda a: a, "gemm", id="numba-gemm"),
+          pytest.param(_cuda, lambda a: __import__("cupy").asarray(a), None, id="cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("module, to_device, route", ROUTES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@given(g=conv_geometry(), cin=st.sampled_from([None, 9, 24]), cout=st.sampled_from([None, 8, 20]))
-def test_convolution_ops_match_reference(module, to_device, dtype, g, cin, cout):
-    """Every route a backend may choose (by channels, stride, dilation, padding) equals the textbook."""
+@given(g=conv_geometry(max_size=20), cin=st.sampled_from([None, 9, 24]), cout=st.sampled_from([None, 8, 20]),
+       square=st.booleans())
+def test_convolution_ops_match_reference(module, to_device, route, dtype, g, cin, cout, square):
+    """Every route a backend may choose (by channels, stride, dilation, padding) equals the textbook.
+
+    ``route`` forces Numba's register tiles (where they can run: stride 1) or im2col + GEMM.
+    ``square`` makes the kernel 3x3, the only size the tiled weight gradient takes.
+    """
     kernels = module()
+    numba_cpu.ROUTE = route
+    try:
+        check_convolution_ops(kernels, to_device, dtype, g, cin, cout, square)
+    finally:
+        numba_cpu.ROUTE = None
+
+
+def check_convolution_ops(kernels, to_device, dtype, g, cin, cout, square):
+    if square:
+        g = dict(g, w_shape=g["w_shape"][:2] + (3, 3), x_shape=g["x_shape"][:2] + tuple(
+            max(n, 2 * d + 1 - 2 * p) for n, d, p in zip(g["x_shape"][2:], g["dilation"], g["padding"])))
     g = dict(g, x_shape=g["x_shape"][:1] + (cin or g["x_shape"][1],) + g["x_shape"][2:],
              w_shape=(cout or g["w_shape"][0], cin or g["w_shape"][1]) + g["w_shape"][2:])
     rng, x, w, _ = random_arrays(g, dtype)
@@ -155,32 +177,3 @@ def test_softmax_cross_entropy_matches_reference(module, to_device, dtype, N, K,
     close(np.float64(denom), ref_denom, dtype)
     close(kernels.softmax_xent_backward(to_device(z), to_device(t), to_device(w), 255, scale),
           reference.softmax_xent_backward(z, t, w, 255, scale), dtype)
-
-
-@st.composite
-def stride1_geometry(draw):
-    """Stride 1, no dilation (the direct kernels' case), with output channels on both sides of the 4-block."""
-    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    N, Cin, Cout = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 9))
-    H, W = draw(st.integers(kh, 9)), draw(st.integers(kw, 9))  # the padded input
-    return (N, Cin, H, W), (Cout, Cin, kh, kw), draw(st.integers(0, 2**16))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@given(g=stride1_geometry())
-def test_direct_convolution_and_its_weight_gradient_match_im2col(dtype, g):
-    x_shape, w_shape, seed = g
-    rng = np.random.default_rng(seed)
-    xp, w = rng.standard_normal(x_shape).astype(dtype), rng.standard_normal(w_shape).astype(dtype)
-    cols = reference.im2col(xp, w_shape[2:])  # (N, Cin*kh*kw, OH*OW): the textbook route
-    OH, OW = x_shape[2] - w_shape[2] + 1, x_shape[3] - w_shape[3] + 1
-    y = (w.reshape(w_shape[0], -1) @ cols).reshape(x_shape[0], w_shape[0], OH, OW)
-    close(numba_cpu.conv_direct(xp, w), y, dtype)
-    g_ = rng.standard_normal(y.shape).astype(dtype)
-    dw = np.einsum("nol,nkl->ok", g_.reshape(x_shape[0], w_shape[0], -1), cols).reshape(w_shape)
-    close(numba_cpu.conv_direct_weight_grad(xp, g_, w_shape[2:]), dw, dtype)
-
-
-def test_direct_convolution_is_chosen_only_for_thin_layers():
-    assert numba_cpu.use_direct(8, 8) and numba_cpu.use_direct(3, 16) and not numba_cpu.use_direct(3, 64)
-    assert numba_cpu.use_direct(3, 8, weight_grad=True) and not numba_cpu.use_direct(8, 16, weight_grad=True)

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..conv_arithmetic import conv_geometry
-from . import reference
+from . import numba_tiled, reference
 
 
 @njit(cache=True)
@@ -83,118 +83,46 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
     return out
 
 
-# Direct convolution for thin layers. im2col + GEMM is a poor fit when channels are few: the GEMM
-# is only Cout rows tall, so BLAS streams a column matrix nine times the input's size from memory
-# for a handful of multiply-adds per element. Below, each output row is accumulated in place,
-# four output channels per pass, from input rows that stay in cache. Stride 1, no dilation, input
-# already padded: the case of every 3x3 layer of VGG. Measured against im2col + BLAS on 2 cores
-# (benchmarks/speed.py, section 5): 0.4x the time at 8 channels, 0.7x at 16, slower from 32 on;
-# the weight gradient only wins up to 8.
-DIRECT_MAX_CHANNELS = 16
-DIRECT_WGRAD_MAX_CHANNELS = 8
+# The convolution: the register-tiled kernels (numba_tiled.py) where they win, im2col (above) + BLAS
+# elsewhere. Measured per layer shape by benchmarks/speed.py, which prints the table of routes.
+ROUTE = None  # None: choose by shape; "tiled" or "gemm" forces one wherever it can run (tests, benchmarks)
 
 
-def use_direct(in_channels, out_channels, weight_grad=False):
-    """Whether the direct loops beat im2col + BLAS for this layer (measured, see above)."""
-    return max(in_channels, out_channels) <= (DIRECT_WGRAD_MAX_CHANNELS if weight_grad else DIRECT_MAX_CHANNELS)
+def route(geo, in_channels, out_channels, weight_grad=False):
+    """"tiled" for stride-1 kernels larger than 1x1 (3x3 only for the weight gradient), else "gemm"."""
+    tiled = geo.stride == (1, 1) and geo.kernel != (1, 1) and (not weight_grad or geo.kernel == (3, 3))
+    if not tiled or ROUTE is not None:
+        return "tiled" if tiled and ROUTE == "tiled" else "gemm"
+    return "tiled" if use_tiled(geo, in_channels, out_channels) else "gemm"
 
 
-def _direct(w_shape, geo, weight_grad=False):
-    """Stride 1, no dilation, a kernel wider than 1x1, and few channels: the direct loops' case."""
-    return (geo.stride == (1, 1) and geo.dilation == (1, 1) and geo.kernel != (1, 1)
-            and use_direct(w_shape[1], w_shape[0], weight_grad))
+def use_tiled(geo, in_channels, out_channels):
+    """Where the tiles beat BLAS: outputs at least a tile wide, and not too many channels."""
+    return geo.out[1] >= numba_tiled.TILE_PIXELS // 2 and in_channels * out_channels <= TILED_MAX_CHANNEL_PRODUCT
 
 
-def _pad(x, padding):
-    ph, pw = padding
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+TILED_MAX_CHANNEL_PRODUCT = 128 * 128
 
 
 def conv2d(x, w, stride=1, padding=0, dilation=1):
-    """Thin stride-1 layers directly; the rest as im2col (this module's) + BLAS."""
     geo = conv_geometry(x.shape, w.shape[2:], stride, padding, dilation)
-    if _direct(w.shape, geo):
-        return conv_direct(_pad(x, geo.padding), w)
+    if route(geo, w.shape[1], w.shape[0]) == "tiled":
+        return numba_tiled.conv2d(x, w, geo.padding, geo.dilation)
     return reference.conv2d(x, w, stride, padding, dilation, unfold=im2col)
 
 
 def conv2d_input_grad(g, w, input_shape, stride=1, padding=0, dilation=1):
-    """At stride 1 the input gradient is a "full" convolution of g with the flipped kernel, channels swapped."""
     geo = conv_geometry(input_shape, w.shape[2:], stride, padding, dilation)
-    (kh, kw), (ph, pw) = geo.kernel, geo.padding
-    if _direct(w.shape, geo) and ph < kh and pw < kw:
-        flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
-        return conv_direct(_pad(g, (kh - 1 - ph, kw - 1 - pw)), flipped)
+    if route(geo, w.shape[0], w.shape[1]) == "tiled":  # a convolution from Cout channels back to Cin
+        return numba_tiled.conv2d_input_grad(g, w, input_shape, geo.padding, geo.dilation)
     return reference.conv2d_input_grad(g, w, input_shape, stride, padding, dilation, fold=col2im)
 
 
 def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1):
     geo = conv_geometry(x.shape, w_shape[2:], stride, padding, dilation)
-    if _direct(w_shape, geo, weight_grad=True):
-        return conv_direct_weight_grad(_pad(x, geo.padding), g, geo.kernel).astype(g.dtype, copy=False)
+    if route(geo, w_shape[1], w_shape[0], weight_grad=True) == "tiled":
+        return numba_tiled.conv2d_weight_grad(g, x, w_shape, geo.padding, geo.dilation)
     return reference.conv2d_weight_grad(g, x, w_shape, stride, padding, dilation, unfold=im2col)
-
-
-@njit(parallel=True, cache=True, fastmath=True)
-def _conv_direct(xp, w, out):
-    N, C = xp.shape[0], xp.shape[1]
-    O, kh, kw = w.shape[0], w.shape[2], w.shape[3]
-    OH, OW = out.shape[2], out.shape[3]
-    blocked = O - O % 4
-    for t in prange(N * OH):
-        n, y = t // OH, t % OH
-        for o in range(O):
-            for x in range(OW):
-                out[n, o, y, x] = 0
-        for o in range(0, blocked, 4):  # one load of the input feeds four output rows
-            for c in range(C):
-                for i in range(kh):
-                    for j in range(kw):
-                        w0, w1, w2, w3 = w[o, c, i, j], w[o + 1, c, i, j], w[o + 2, c, i, j], w[o + 3, c, i, j]
-                        for x in range(OW):
-                            v = xp[n, c, y + i, x + j]
-                            out[n, o, y, x] += w0 * v
-                            out[n, o + 1, y, x] += w1 * v
-                            out[n, o + 2, y, x] += w2 * v
-                            out[n, o + 3, y, x] += w3 * v
-        for o in range(blocked, O):  # the last O % 4 channels, one at a time
-            for c in range(C):
-                for i in range(kh):
-                    for j in range(kw):
-                        wo = w[o, c, i, j]
-                        for x in range(OW):
-                            out[n, o, y, x] += wo * xp[n, c, y + i, x + j]
-
-
-@njit(parallel=True, cache=True, fastmath=True)
-def _conv_direct_weight_grad(xp, g, kh, kw, dw):
-    N, C = xp.shape[0], xp.shape[1]
-    O, OH, OW = g.shape[1], g.shape[2], g.shape[3]
-    for oc in prange(O * C):
-        o, c = oc // C, oc % C
-        for i in range(kh):
-            for j in range(kw):
-                total = 0.0  # float64: a sum over every pixel of the batch
-                for n in range(N):
-                    for y in range(OH):
-                        for x in range(OW):
-                            total += g[n, o, y, x] * xp[n, c, y + i, x + j]
-                dw[o, c, i, j] = total
-
-
-def conv_direct(xp, w):
-    """y[n, o, y, x] = sum_{c,i,j} w[o, c, i, j] xp[n, c, y + i, x + j]: stride 1, xp already padded."""
-    N, _, Hp, Wp = xp.shape
-    out = np.empty((N, w.shape[0], Hp - w.shape[2] + 1, Wp - w.shape[3] + 1), dtype=np.result_type(xp, w))
-    _conv_direct(np.ascontiguousarray(xp), np.ascontiguousarray(w, dtype=out.dtype), out)
-    return out
-
-
-def conv_direct_weight_grad(xp, g, kernel):
-    """dw[o, c, i, j] = sum_{n,y,x} g[n, o, y, x] xp[n, c, y + i, x + j]: the weight gradient of conv_direct."""
-    dw = np.empty((g.shape[1], xp.shape[1]) + tuple(kernel), dtype=np.result_type(xp, g))
-    _conv_direct_weight_grad(np.ascontiguousarray(xp), np.ascontiguousarray(g), kernel[0], kernel[1], dw)
-    return dw
 
 
 @njit(parallel=True, cache=True)

@@ -47,9 +47,26 @@ def available(name):
         return False
 
 
-def _namespace(module):
-    """Every op: the backend's own kernel where it has one, else the reference."""
-    return type("Ops", (), {op: staticmethod(getattr(module, op, getattr(reference, op))) for op in OPS})
+def _namespace(module, name):
+    """Every op: the backend's own kernel where it has one, else the reference.
+
+    A backend whose kernels compute only in some float types (``FLOAT_DTYPES``: Numba has no float16)
+    refuses other floats by op and dtype, instead of failing somewhere inside the compiler.
+    """
+    supported = getattr(module, "FLOAT_DTYPES", None)
+
+    def checked(op, fn):
+        def run(*args, **kwargs):
+            for a in args:
+                if getattr(a, "dtype", None) is not None and a.dtype.kind == "f" and a.dtype not in supported:
+                    raise TypeError(f"{op}: the {name} backend computes in "
+                                    f"{' or '.join(np.dtype(d).name for d in supported)}, not {a.dtype}; cast the "
+                                    f"data (x.astype(np.float32)) or use minifcn.set_backend('numpy')")
+            return fn(*args, **kwargs)
+        return run
+
+    ops = {op: getattr(module, op, getattr(reference, op)) for op in OPS}
+    return type("Ops", (), {op: staticmethod(checked(op, fn) if supported else fn) for op, fn in ops.items()})
 
 
 def set_backend(name):
@@ -65,7 +82,7 @@ def set_backend(name):
         ops, xp = importlib.import_module(".kernels.numba_cpu", __package__), np
     else:
         ops, xp = importlib.import_module(".kernels.cuda", __package__), importlib.import_module("cupy")
-    _state.update(name=name, ops=_namespace(ops))
+    _state.update(name=name, ops=_namespace(ops, name))
     arrays.set_default_module(xp)
     return name
 

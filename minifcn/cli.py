@@ -18,7 +18,16 @@ from .train import (TrainConfig, TrainingDiverged, evaluate, load_checkpoint, op
 from .viz import colorize, overlay, panel, save_png
 
 
-OPTIONAL_TYPES = {"crop": int, "train_subset": int, "val_subset": int, "init": str, "image_size": int}
+def boolean(text):
+    """true/false, yes/no, 1/0 (any case); anything else is an error, not a quiet false."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
+OPTIONAL_TYPES = {"crop": int, "train_subset": int, "val_subset": int, "init": str, "image_size": int,
+                  "learnable": boolean, "class_weights": str}
 
 
 def add_train_options(p):
@@ -27,10 +36,8 @@ def add_train_options(p):
         if field.name in ("data", "scale"):
             continue
         kind = OPTIONAL_TYPES.get(field.name, type(field.default))
-        if kind is bool:
-            kind = lambda s: s.lower() in ("1", "true", "yes")  # noqa: E731
-        p.add_argument("--" + field.name.replace("_", "-"), type=kind, default=field.default,
-                       help=f"(default {field.default})")
+        p.add_argument("--" + field.name.replace("_", "-"), type=boolean if kind is bool else kind,
+                       default=field.default, help=f"(default {field.default})")
 
 
 def config_from(args):
@@ -40,7 +47,7 @@ def config_from(args):
 
 def cmd_train(args):
     config = config_from(args)
-    _, metrics = train(config, resume=args.resume)
+    _, metrics = train(config, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(metrics))
 
 
@@ -53,6 +60,16 @@ def cmd_eval(args):
 
 
 def cmd_predict(args):
+    stems = {}
+    for path in args.images:  # two inputs never share an output name
+        stems.setdefault(os.path.splitext(os.path.basename(path))[0], []).append(path)
+    clashes = {stem: paths for stem, paths in stems.items() if len(paths) > 1}
+    if clashes:
+        stem, paths = next(iter(clashes.items()))
+        raise ValueError(f"{' and '.join(paths)} would both be written as {stem}_mask.png; predict them into "
+                         f"different -o folders")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ValueError(f"-o {args.output} is a file; -o names the folder the masks go into")
     _, model, _ = load_checkpoint(args.checkpoint)
     os.makedirs(args.output, exist_ok=True)
     for path in args.images:
@@ -74,6 +91,10 @@ def cmd_summary(args):
 
 def cmd_data(args):
     if args.action == "synth":
+        lists = os.path.join(args.root, "ImageSets", "Segmentation")
+        if not args.force and any(os.path.exists(os.path.join(lists, f"{s}.txt")) for s in ("train", "val")):
+            raise ValueError(f"{args.root} already holds a dataset ({lists}); choose another --root, or add "
+                             f"--force to write over it")
         synthesize(args.root, args.train, args.val, args.size, args.seed, args.layouts, style=args.style)
         print(f"wrote a VOC-format dataset to {args.root}")
     else:
@@ -139,11 +160,13 @@ def cmd_demo(args):
 
 def parser():
     root = argparse.ArgumentParser(prog="minifcn", description=__doc__)
+    root.add_argument("--debug", action="store_true", help="show full tracebacks (also MINIFCN_DEBUG=1)")
     sub = root.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train an FCN on a VOC-format folder")
     p.add_argument("--data", required=True, help="a VOCdevkit/VOC2012-style folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a run")
     add_train_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -181,6 +204,7 @@ def parser():
     s.add_argument("--style", default="plain", choices=sorted(PAINTERS),
                    help="plain: overlapping class colours; texture: classes differ only by texture; "
                         "tinted: texture plus a class hue shared by two classes")
+    s.add_argument("--force", action="store_true", help="write over a dataset already in --root")
     d = actions.add_parser("download", help="fetch and unpack an official archive (MD5-checked, resumable)")
     d.add_argument("name", choices=["voc2012"])
     d.add_argument("--root", required=True)
@@ -211,10 +235,13 @@ def parser():
 
 
 def main(argv=None):
+    """Run a command; a bad input or a failed file operation is one line on stderr and exit code 2."""
     args = parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError, TrainingDiverged) as err:
+    except (OSError, ValueError, TrainingDiverged) as err:
+        if args.debug or os.environ.get("MINIFCN_DEBUG", "") not in ("", "0"):
+            raise
         print(f"minifcn: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -247,6 +247,8 @@ def softmax_cross_entropy(logits, target, ignore_index=255, reduction="mean", we
     z, t = as_array(logits), as_array(target)
     if z.ndim < 2:
         raise ValueError(f"logits must be (N, K, ...), got shape {z.shape}")
+    if z.dtype.kind != "f":  # an integer loss would round, and its gradient would be zero
+        raise ValueError(f"logits must be floating point, got dtype {z.dtype}")
     if t.shape != z.shape[:1] + z.shape[2:]:
         raise ValueError(f"target shape {t.shape} does not match logits shape {z.shape} "
                          f"(expected {z.shape[:1] + z.shape[2:]})")

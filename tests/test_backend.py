@@ -105,9 +105,9 @@ def test_workspace_limit_rejects_nonsense(restore_backend):
 
 
 @pytest.mark.parametrize("padding", [0, 1, 2, 3])  # 3 > d(k-1) = 2: the tiled input gradient crops g
-@pytest.mark.parametrize("route", ["tiled", "gemm"])
+@pytest.mark.parametrize("route", ["tiled", "shifted", "im2col"])
 def test_numba_routes_match_the_reference_backend(restore_backend, padding, route):
-    """Forward, input and weight gradient of a stride-1 layer, through Numba's tiles or through im2col + GEMM."""
+    """Forward, input and weight gradient of a stride-1 layer through each of Numba's routes."""
     numba_cpu = pytest.importorskip("minifcn.kernels.numba_cpu", reason="numba is not installed")
     rng = np.random.default_rng(padding)
     x, w, b = rng.standard_normal((2, 5, 13, 21)), rng.standard_normal((11, 5, 3, 3)), rng.standard_normal(11)

@@ -79,7 +79,8 @@ def test_reference_convolution_is_the_textbook_definition(g):
 
 ROUTES = [pytest.param(lambda: numba_cpu, lambda a: a, None, id="numba-auto"),
           pytest.param(lambda: numba_cpu, lambda a: a, "tiled", id="numba-tiled"),
-          pytest.param(lambda: numba_cpu, lambda a: a, "gemm", id="numba-gemm"),
+          pytest.param(lambda: numba_cpu, lambda a: a, "shifted", id="numba-shifted"),
+          pytest.param(lambda: numba_cpu, lambda a: a, "im2col", id="numba-im2col"),
           pytest.param(_cuda, lambda a: __import__("cupy").asarray(a), None, id="cuda", marks=pytest.mark.gpu)]
 
 
@@ -90,7 +91,8 @@ ROUTES = [pytest.param(lambda: numba_cpu, lambda a: a, None, id="numba-auto"),
 def test_convolution_ops_match_reference(module, to_device, route, dtype, g, cin, cout, square):
     """Every route a backend may choose (by channels, stride, dilation, padding) equals the textbook.
 
-    ``route`` forces Numba's register tiles (where they can run: stride 1) or im2col + GEMM.
+    ``route`` forces Numba's register tiles or shifted GEMM (at stride 1; a stride above 1 goes through the
+    sub-pixel phases to them), or im2col + GEMM everywhere.
     ``square`` makes the kernel 3x3, the only size the tiled weight gradient takes.
     """
     kernels = module()

@@ -1,9 +1,11 @@
+import dataclasses
 import json
 import os
 
 import numpy as np
 import pytest
 
+from minifcn import Tensor
 from minifcn.cli import main
 from minifcn.data import synthesize
 from minifcn.train import TrainConfig, TrainingDiverged, learning_rate, load_checkpoint, make_optimizer, train
@@ -49,22 +51,37 @@ def test_learning_rate_warms_up_linearly_then_follows_the_policy():
         make_optimizer(TrainConfig(data="", optimizer="rmsprop"), None)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
+def test_divergence_before_any_good_checkpoint_writes_none(data, tmp_path):
     config = TrainConfig(data=data, out=str(tmp_path / "nan"), **{**SMALL, "lr": 1e30})
-    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+    with pytest.raises(TrainingDiverged, match="no checkpoint was written"):
         train(config, progress=False)
-    state = weights(os.path.join(config.out, "checkpoint.npz"))
-    assert all(np.isfinite(v).all() for v in state["model"].values())
+    assert not os.path.exists(os.path.join(config.out, "checkpoint.npz"))
+
+
+def test_divergence_keeps_the_last_good_checkpoint_and_names_it(data, tmp_path):
+    """A checkpoint is written only after a forward pass with its weights came out finite."""
+    good = TrainConfig(data=data, out=str(tmp_path / "run"), **SMALL)
+    train(good, progress=False, max_steps=2)
+    path = os.path.join(good.out, "checkpoint.npz")
+    with pytest.raises(TrainingDiverged, match=f"last good checkpoint {path} \\(step 2\\) is kept"):
+        train(dataclasses.replace(good, lr=1e30), resume=True, progress=False)
+    config, model, state = load_checkpoint(path)
+    assert state["meta"]["step"] == 2
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    assert np.isfinite(model(Tensor(x)).data).all()
 
 
 def test_staged_init_copies_matching_weights(data, tmp_path):
     first = TrainConfig(data=data, out=str(tmp_path / "s32"), **{**SMALL, "model": "fcn32s", "epochs": 1})
     m32, _ = train(first, progress=False)
     second = TrainConfig(data=data, out=str(tmp_path / "s16"),
-                         **{**SMALL, "model": "fcn16s", "epochs": 1, "lr": 0.0, "momentum": 0.0,
-                            "weight_decay": 0.0, "init": os.path.join(first.out, "checkpoint.npz")})
-    m16, _ = train(second, progress=False)
+                         **{**SMALL, "model": "fcn16s", "epochs": 1, "init": os.path.join(first.out, "checkpoint.npz")})
+    lines = []
+    m16, _ = train(second, progress=False, max_steps=0, log=lines.append)  # initialised, not yet trained
     assert np.array_equal(m16.conv1_1.weight.data, m32.conv1_1.weight.data)
+    assert not m16.score_pool4.weight.data.any()  # the new skip starts at zero
+    assert ("copied 32 tensors; 4 start fresh (score_pool4.bias, score_pool4.weight, upscore16.weight, "
+            "upscore2.weight)") in lines[0]  # FCN-16s has its own upsamplers
 
 
 def test_cli_train_eval_predict_summary(data, tmp_path, capsys):
@@ -92,8 +109,8 @@ def test_gradient_accumulation_matches_the_larger_batch(data, tmp_path):
                               **{**plain, "batch_size": 1, "accum_steps": 2, "lr": 2e-5})
     m_big, _ = train(big, progress=False)
     m_acc, _ = train(accumulated, progress=False)
-    before = TrainConfig(data=data, out=str(tmp_path / "none"), **{**plain, "epochs": 0})
-    m0, _ = train(before, progress=False)
+    before = TrainConfig(data=data, out=str(tmp_path / "none"), **plain)
+    m0, _ = train(before, progress=False, max_steps=0)
     for (name, a), b, c in zip(m_big.named_parameters(), m_acc.parameters(), m0.parameters()):
         np.testing.assert_allclose(a.data, b.data, rtol=1e-4, atol=1e-6, err_msg=name)
     assert any(not np.array_equal(a.data, c.data) for a, c in zip(m_big.parameters(), m0.parameters()))

@@ -1,8 +1,10 @@
 """Fetch and unpack a dataset archive: resumable, MD5-verified, extracted safely."""
 
 import hashlib
+import http.client
 import os
 import tarfile
+import urllib.error
 import urllib.request
 
 from tqdm import tqdm
@@ -22,19 +24,48 @@ def md5sum(path, chunk=1 << 20):
 
 
 def fetch(url, path, progress=True):
-    """Download ``url`` to ``path``, resuming from ``path + '.part'`` when the server allows ranges."""
+    """Download ``url`` to ``path`` through ``path + '.part'``, resuming the part when the server allows ranges.
+
+    A connection that drops keeps the part for the next run to resume. A part that is already whole (a
+    kill just before the rename) is taken as it is when the server answers "range not satisfiable" (416);
+    the caller's MD5 check decides whether it is good. Network failures are one ConnectionError line.
+    """
     part = path + ".part"
     have = os.path.getsize(part) if os.path.exists(part) else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with urllib.request.urlopen(request, timeout=60) as response:
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # nothing after the part: it is complete
+            os.replace(part, path)
+            return path
+        raise ConnectionError(f"cannot download {url}: HTTP {err.code} {err.reason}") from None
+    except OSError as err:  # URLError (no network, unknown host, refused), timeouts
+        raise ConnectionError(f"cannot download {url} ({getattr(err, 'reason', err)}); check the network and "
+                              f"run the same command again") from None
+    with response:
         if have and response.status != 206:  # no range support: start over
             have = 0
         total = response.length + have if response.length is not None else None
+        broken = None
         with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
                                                            desc=os.path.basename(path), disable=not progress) as bar:
-            for block in iter(lambda: response.read(1 << 16), b""):
+            while True:
+                try:
+                    block = response.read(1 << 16)
+                except (http.client.HTTPException, OSError) as err:  # a reset, a timeout, a short body
+                    broken = err
+                    break
+                if not block:
+                    break
                 f.write(block)
                 bar.update(len(block))
+    got = os.path.getsize(part)
+    if broken is not None or (total is not None and got < total):
+        of = f"{total:,}" if total is not None else "an unknown number of"
+        raise ConnectionError(f"the download of {url} stopped at {got:,} of {of} bytes"
+                              f"{f' ({broken})' if broken else ''}; {part} is kept: run the same command again "
+                              f"to resume")
     os.replace(part, path)
     return path
 

@@ -61,6 +61,13 @@ class SIFTFlow:
     def label_path(self, image_id):
         return os.path.join(self.root, "labels", f"{image_id}.png")
 
+    def label(self, image_id):
+        """The class map of one image (0-32, void 255), at ``size`` when one is set."""
+        label = read_siftflow_label(self.label_path(image_id))
+        if self.size is not None:
+            label = np.array(Image.fromarray(label).resize((self.size, self.size), Image.NEAREST))
+        return label
+
     def __getitem__(self, index):
         image_id = self.ids[index]
         image, label = read_image(self.image_path(image_id)), read_siftflow_label(self.label_path(image_id))

@@ -50,11 +50,40 @@ def read_label(path, num_classes=21):
 
 
 def read_image(path):
+    """uint8 HxWx3 RGB. 16-bit images are scaled to 8 bits (not clipped); float images are refused."""
     try:
         with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit grey (PNG): 0-65535 -> 0-255
+                grey = np.array(im).astype(np.float64)
+                if grey.min(initial=0) < 0 or grey.max(initial=0) > 65535:
+                    raise ValueError(f"mode {im.mode} values outside 0-65535")
+                return np.repeat(np.round(grey / 257).astype(np.uint8)[..., None], 3, axis=2)
+            if im.mode == "F":
+                raise ValueError("floating-point pixels; convert it to an 8-bit image first")
             return np.array(im.convert("RGB"))
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def verify(dataset, name="dataset"):
+    """Open the header of every image and label of ``dataset`` (no pixels are decoded, so it is quick) and
+    check the sizes agree; raise naming the first bad files and how many there are. A run checks this
+    before its first step, so a broken file stops it at once, not after an epoch of training."""
+    if len(dataset) == 0:
+        raise ValueError(f"the {name} split is empty ({dataset.split!r} in {dataset.root})")
+    bad = []
+    for image_id in dataset.ids:
+        paths = dataset.image_path(image_id), dataset.label_path(image_id)
+        try:
+            with Image.open(paths[0]) as image, Image.open(paths[1]) as label:
+                if image.size != label.size:
+                    bad.append(f"{paths[0]} is {image.size[0]}x{image.size[1]} but {paths[1]} is "
+                               f"{label.size[0]}x{label.size[1]}")
+        except OSError as err:
+            bad.append(f"{err.filename or paths}: {err.strerror or err}")
+    if bad:
+        raise ValueError(f"{len(bad)} of {len(dataset)} {name} images cannot be used: " + "; ".join(bad[:3])
+                         + ("; ..." if len(bad) > 3 else ""))
 
 
 def check_same_size(image, label, image_path, label_path):

@@ -13,7 +13,9 @@ import numpy as np
 from numba import njit, prange
 
 from ..conv_arithmetic import conv_geometry
-from . import numba_tiled, reference
+from . import numba_tiled, reference, shifted_gemm, subpixel
+
+FLOAT_DTYPES = (np.float32, np.float64)  # Numba compiles no float16 arithmetic
 
 
 @njit(cache=True)
@@ -83,46 +85,141 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
     return out
 
 
-# The convolution: the register-tiled kernels (numba_tiled.py) where they win, im2col (above) + BLAS
-# elsewhere. Measured per layer shape by benchmarks/speed.py, which prints the table of routes.
-ROUTE = None  # None: choose by shape; "tiled" or "gemm" forces one wherever it can run (tests, benchmarks)
+# The convolution, by route (each tested against the reference; benchmarks/speed.py prints the table):
+#   "tiled"    -- stride 1: the register-tiled loops (numba_tiled.py), for thin layers on long rows
+#   "shifted"  -- stride 1: one BLAS product per kernel tap, no im2col copy (shifted_gemm.py), when the
+#                 input has more channels than the output
+#   "im2col"   -- the textbook, with this module's im2col and col2im: 1x1 kernels (a reshape), small maps
+#   "subpixel" -- stride s: one stride-1 convolution over the s x s phases (subpixel.py), routed again
+# At stride 1 the input gradient is the convolution of g with the flipped kernel, routed like a forward
+# pass, when that is the cheaper of the two ways (see conv2d_input_grad).
+ROUTE = None  # None: by shape; "tiled", "shifted" or "im2col" forces that route wherever it can run
 
 
 def route(geo, in_channels, out_channels, weight_grad=False):
-    """"tiled" for stride-1 kernels larger than 1x1 (3x3 only for the weight gradient), else "gemm"."""
-    tiled = geo.stride == (1, 1) and geo.kernel != (1, 1) and (not weight_grad or geo.kernel == (3, 3))
-    if not tiled or ROUTE is not None:
-        return "tiled" if tiled and ROUTE == "tiled" else "gemm"
-    return "tiled" if use_tiled(geo, in_channels, out_channels) else "gemm"
+    """The route of a convolution pass (forward, or weight gradient): its geometry and channels."""
+    if ROUTE == "im2col" or geo.kernel == (1, 1) and geo.stride == (1, 1):
+        return "im2col"
+    if geo.stride != (1, 1):
+        return "subpixel" if subpixel.applies(geo) else "im2col"
+    tiles_fit = geo.kernel == (3, 3) if weight_grad else True
+    if ROUTE is not None:
+        return "tiled" if ROUTE == "tiled" and tiles_fit else "shifted"
+    if tiles_fit and use_tiled(geo.out[1], in_channels * out_channels, weight_grad):
+        return "tiled"
+    big_map = geo.out[0] * geo.out[1] >= 64  # a BLAS call per tap pays only on maps this large
+    return "shifted" if big_map and (weight_grad or in_channels > out_channels) else "im2col"
 
 
-def use_tiled(geo, in_channels, out_channels):
-    """Where the tiles beat BLAS: outputs at least a tile wide, and not too many channels."""
-    return geo.out[1] >= numba_tiled.TILE_PIXELS // 2 and in_channels * out_channels <= TILED_MAX_CHANNEL_PRODUCT
+def use_tiled(out_width, channel_product, weight_grad=False):
+    """Where the tiles beat BLAS, as measured (benchmarks/speed.py, 2 cores, float32).
 
-
-TILED_MAX_CHANNEL_PRODUCT = 128 * 128
+    The tiles lose when rows are short (a 21-pixel row fills 21 of the 32 lanes of two tiles) and when
+    layers are wide (from 256 channels BLAS is at 75-95 % of peak, and a tile's weights leave L1). The
+    weight gradient keeps its 27 partial sums per lane busy only on thin layers or large maps.
+    """
+    lanes_used = out_width / (-(-out_width // numba_tiled.TILE_PIXELS) * numba_tiled.TILE_PIXELS)
+    if lanes_used < 0.8 or channel_product > 128 * 128:
+        return False
+    return not weight_grad or channel_product <= 32 * 32 or out_width >= 64
 
 
 def conv2d(x, w, stride=1, padding=0, dilation=1):
     geo = conv_geometry(x.shape, w.shape[2:], stride, padding, dilation)
-    if route(geo, w.shape[1], w.shape[0]) == "tiled":
+    way = route(geo, w.shape[1], w.shape[0])
+    if way == "tiled":
         return numba_tiled.conv2d(x, w, geo.padding, geo.dilation)
+    if way == "shifted":
+        return shifted_gemm.conv2d(x, w, geo.padding, geo.dilation)
+    if way == "subpixel":
+        return subpixel.conv2d(x, w, geo, conv2d, to_phases)
     return reference.conv2d(x, w, stride, padding, dilation, unfold=im2col)
 
 
 def conv2d_input_grad(g, w, input_shape, stride=1, padding=0, dilation=1):
+    """At stride 1, dx is the convolution of g -- padded by d(k-1) - p, or cropped where that is negative --
+    with the kernel flipped and its channels swapped: dx[c] = sum_o flip(w[o, c]) * g[o]. That costs
+    im2col columns of g's Cout channels, where col2im(W^T g) costs columns of dx's Cin: take the smaller,
+    or the flipped one wherever the tiles run it."""
     geo = conv_geometry(input_shape, w.shape[2:], stride, padding, dilation)
-    if route(geo, w.shape[0], w.shape[1]) == "tiled":  # a convolution from Cout channels back to Cin
-        return numba_tiled.conv2d_input_grad(g, w, input_shape, geo.padding, geo.dilation)
+    if geo.stride != (1, 1) and subpixel.applies(geo) and ROUTE != "im2col":
+        return subpixel.conv2d_input_grad(g, w, input_shape, geo, conv2d_input_grad, from_phases)
+    if geo.stride == (1, 1) and ROUTE != "im2col":
+        pads = [d * (k - 1) - p for k, p, d in zip(geo.kernel, geo.padding, geo.dilation)]
+        flipped_geo = conv_geometry(g.shape[:2] + tuple(n + 2 * max(q, 0) for n, q in zip(g.shape[2:], pads)),
+                                    geo.kernel, 1, 0, geo.dilation)
+        if ROUTE is not None or w.shape[0] <= w.shape[1] or route(flipped_geo, w.shape[0], w.shape[1]) == "tiled":
+            crop = [max(-q, 0) for q in pads]
+            g = g[:, :, crop[0]: g.shape[2] - crop[0], crop[1]: g.shape[3] - crop[1]]
+            flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+            return conv2d(g, flipped, 1, (max(pads[0], 0), max(pads[1], 0)), geo.dilation)
     return reference.conv2d_input_grad(g, w, input_shape, stride, padding, dilation, fold=col2im)
 
 
 def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1):
     geo = conv_geometry(x.shape, w_shape[2:], stride, padding, dilation)
-    if route(geo, w_shape[1], w_shape[0], weight_grad=True) == "tiled":
+    way = route(geo, w_shape[1], w_shape[0], weight_grad=True)
+    if way == "tiled":
         return numba_tiled.conv2d_weight_grad(g, x, w_shape, geo.padding, geo.dilation)
+    if way == "shifted":
+        return shifted_gemm.conv2d_weight_grad(g, x, w_shape, geo.padding, geo.dilation)
+    if way == "subpixel":
+        return subpixel.conv2d_weight_grad(g, x, w_shape, geo, conv2d_weight_grad, to_phases)
     return reference.conv2d_weight_grad(g, x, w_shape, stride, padding, dilation, unfold=im2col)
+
+
+@njit(parallel=True, cache=True)
+def _to_phases(x, sh, sw, ph, pw, out):
+    """out[n, (r*sw + q)*C + c, u, v] = x[n, c, u*sh + r - ph, v*sw + q - pw], 0 outside x."""
+    N, C, H, W = x.shape
+    U, V = out.shape[2], out.shape[3]
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for r in range(sh):
+            for q in range(sw):
+                plane = out[n, (r * sw + q) * C + c]
+                lo, hi = _valid_range(pw, q, sw, W, V)  # the v whose column v*sw + q - pw lies in x
+                for u in range(U):
+                    h, row = u * sh + r - ph, plane[u]
+                    if h < 0 or h >= H:
+                        row[:] = 0
+                        continue
+                    row[:lo] = 0
+                    row[hi:] = 0
+                    for v in range(lo, hi):
+                        row[v] = x[n, c, h, v * sw + q - pw]
+
+
+@njit(parallel=True, cache=True)
+def _from_phases(phases, sh, sw, ph, pw, out):
+    """The inverse: out[n, c, u*sh + r - ph, v*sw + q - pw] = phases[n, (r*sw + q)*C + c, u, v]."""
+    N, C, H, W = out.shape
+    U, V = phases.shape[2], phases.shape[3]
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for h in range(H):
+            u, r = (h + ph) // sh, (h + ph) % sh
+            row = out[n, c, h]
+            v, q = pw // sw, pw % sw  # the phase column of output column 0, advanced one column at a time
+            for col in range(W):
+                row[col] = phases[n, (r * sw + q) * C + c, u, v] if u < U and v < V else 0
+                q += 1
+                if q == sw:
+                    q, v = 0, v + 1
+
+
+def to_phases(x, geo):
+    """subpixel.space_to_depth in one pass."""
+    out = np.empty(subpixel.phase_shape(geo, x.shape), dtype=x.dtype)
+    _to_phases(np.ascontiguousarray(x), *geo.stride, *geo.padding, out)
+    return out
+
+
+def from_phases(phases, geo, input_shape):
+    """subpixel.depth_to_space in one pass."""
+    out = np.empty(input_shape, dtype=phases.dtype)
+    _from_phases(np.ascontiguousarray(phases), *geo.stride, *geo.padding, out)
+    return out
 
 
 @njit(parallel=True, cache=True)

@@ -11,6 +11,8 @@ over input channels and kernel taps:
 One vector load of 16 input pixels feeds 8 fused multiply-adds (each with its
 weight broadcast), and the tile is written once, at the end. The weights are
 packed so that the 8 a step needs lie side by side: ``packed[block, c, i, j, o]``.
+(At stride 1 the input gradient is itself such a convolution, of the output
+gradient with the flipped kernel; the Numba backend routes it as one.)
 The weight gradient turns the tile around: 3 output channels x 9 taps x 16
 pixel lanes of partial sums, each lane summing g[o, y, x] * x[c, y+i, x+j] over
 the batch, added across lanes at the end.
@@ -131,10 +133,15 @@ def _weight_grad_3x3(xp, gp, dh, dw, out):
 
 
 def _padded_input(x, padding, out_width, kernel_width, dilation):
-    """x zero-padded, and wide enough that the last tile of every row reads inside the array."""
+    """x zero-padded, and wide enough that the last tile of every row reads inside the array.
+
+    Only the border is zeroed: writing zeros over the whole buffer first would cost a pass more.
+    """
     N, C, H, W = x.shape
     (ph, pw), width = padding, -(-out_width // TILE_PIXELS) * TILE_PIXELS + dilation * (kernel_width - 1)
-    xp = np.zeros((N, C, H + 2 * ph, max(width, W + 2 * pw)), dtype=x.dtype)
+    xp = np.empty((N, C, H + 2 * ph, max(width, W + 2 * pw)), dtype=x.dtype)
+    xp[:, :, :ph], xp[:, :, ph + H:] = 0, 0
+    xp[:, :, ph: ph + H, :pw], xp[:, :, ph: ph + H, pw + W:] = 0, 0
     xp[:, :, ph: ph + H, pw: pw + W] = x
     return xp
 
@@ -161,24 +168,13 @@ def conv2d(x, w, padding, dilation):
     return out
 
 
-def conv2d_input_grad(g, w, input_shape, padding, dilation):
-    """At stride 1 the input gradient is itself a convolution: g padded by d(k-1) - p, the kernel flipped
-    and its channels swapped (dx[c] = sum_o flip(w[o, c]) * g[o]). A negative pad crops g instead."""
-    (kh, kw), (dh, dw) = w.shape[2:], dilation
-    pads = [d * (k - 1) - p for k, p, d in zip((kh, kw), padding, dilation)]
-    g = g[:, :, max(-pads[0], 0): g.shape[2] - max(-pads[0], 0), max(-pads[1], 0): g.shape[3] - max(-pads[1], 0)]
-    flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
-    dx = conv2d(g, flipped, (max(pads[0], 0), max(pads[1], 0)), dilation)
-    assert dx.shape[2:] == tuple(input_shape[2:])
-    return dx
-
-
 def conv2d_weight_grad(g, x, w_shape, padding, dilation):
     """dw[o, c, i, j] = sum_{n,y,x} g[n, o, y, x] x[n, c, y - p + i*d, x - p + j*d], for 3x3 kernels."""
     dtype = np.result_type(x.dtype, g.dtype)
     N, O, OH, OW = g.shape
     xp = _padded_input(x.astype(dtype, copy=False), padding, OW, 3, dilation[1])
-    gp = np.zeros((N, O, OH, -(-OW // TILE_PIXELS) * TILE_PIXELS), dtype=dtype)  # zeros: the tail lanes add 0
+    gp = np.empty((N, O, OH, -(-OW // TILE_PIXELS) * TILE_PIXELS), dtype=dtype)
+    gp[..., OW:] = 0  # the tail lanes add 0
     gp[..., :OW] = g
     out = np.empty(w_shape, dtype=dtype)
     with straight_line_vectorizer():

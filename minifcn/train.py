@@ -179,8 +179,8 @@ def initialize(model, path):
 
     A minifcn checkpoint (.npz) or a PyTorch file (.pth) with pytorch-fcn's names gives every tensor
     whose name and shape match (staged training: 32s -> 16s -> 8s); torchvision's VGG16 (.pth) is
-    convolutionalized (``FCN.load_vgg16``). Raises if not one convolution weight of the body fits,
-    which means the two nets differ in width.
+    convolutionalized (``FCN.load_vgg16``). Raises if a layer of the body (conv*, fc*) is there in
+    another shape -- the two nets differ in width -- or if nothing at all is copied.
     """
     if str(path).endswith(".pth"):
         source = weights.state_dict_of(weights.load_pth(path))
@@ -193,12 +193,13 @@ def initialize(model, path):
         source = read_checkpoint(path)[1]["model"]
     own = dict(model.named_parameters())
     copied = sorted(k for k, v in source.items() if k in own and own[k].shape == np.shape(v))
-    if not any(own[k].ndim == 4 and not k.startswith(("score", "upscore")) for k in copied):
-        shapes = {k: np.shape(v) for k, v in source.items() if k in own}
-        example = next(iter(shapes.items()), None)
-        raise ValueError(f"--init {path}: no convolution weight fits this model" + (
-            f" (e.g. {example[0]} is {example[1]} there, {own[example[0]].shape} here: another width?)"
-            if example else " (no parameter name in common)"))
+    misfits = sorted((k for k in source if k in own and k not in copied and k.startswith(("conv", "fc"))),
+                     key=lambda k: (not k.endswith("weight"), k))  # name a weight first
+    if misfits or not copied:
+        example = misfits[0] if misfits else None
+        raise ValueError(f"--init {path}: " + (
+            f"its body does not fit this model ({example} is {np.shape(source[example])} there, "
+            f"{own[example].shape} here: another width?)" if example else "no parameter name in common"))
     model.load_state_dict({k: source[k] for k in copied}, strict=False)
     return copied, sorted(set(own) - set(copied))
 

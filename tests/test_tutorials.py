@@ -29,7 +29,7 @@ def test_tutorial_runs_and_writes_its_figures(name, tmp_path, monkeypatch):
     monkeypatch.setenv("MINIFCN_FIGURES", str(tmp_path))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     book = nbformat.read(os.path.join(TUTORIALS, f"{name}.ipynb"), as_version=4)
-    NotebookClient(book, timeout=180, kernel_name="python3", resources={"metadata": {"path": TUTORIALS}}).execute()
+    NotebookClient(book, timeout=600, kernel_name="python3", resources={"metadata": {"path": TUTORIALS}}).execute()
     written = sorted(f[:-4] for f in os.listdir(tmp_path) if f.endswith(".png"))
     assert written == sorted(FIGURES[name])
     assert all(os.path.getsize(tmp_path / f"{f}.png") > 10_000 for f in written)  # a real picture, not a blank

@@ -79,9 +79,11 @@ def test_settings_that_train_nothing_are_refused_before_anything_is_written(data
     assert not out.exists()
 
 
-def test_a_typo_in_a_boolean_is_an_error_not_false(data, tmp_path, capsys):
-    code, err = run(capsys, *train_args(data, tmp_path / "run", "--freeze-body", "ture"))
+@pytest.mark.parametrize("flag", ["--learnable", "--freeze-body"])
+def test_a_typo_in_a_boolean_is_an_error_not_false(data, tmp_path, capsys, flag):
+    code, err = run(capsys, *train_args(data, tmp_path / "run", flag, "ture"))
     assert code == 2 and "expected true or false, got 'ture'" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_empty_train_list_is_refused(data, tmp_path, capsys):

@@ -102,7 +102,7 @@ def main(argv=None):
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"numpy {np.__version__}, minifcn backend {minifcn.get_backend()}; "
           f"float32 GEMM peak {peak:.0f} GFLOP/s (numpy 2048³)")
-    print(f"| layer | pass | minifcn ms | PyTorch ms | ratio | minifcn GFLOP/s (% peak) |")
+    print("| layer | pass | minifcn ms | PyTorch ms | ratio | minifcn GFLOP/s (% peak) |")
     print("|---|---|---|---|---|---|")
     for make in CASES:
         name, mine, theirs, flops = make()

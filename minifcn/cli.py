@@ -15,7 +15,7 @@ from .data.voc import read_image
 from .metrics import format_scores
 from .train import (TrainConfig, TrainingDiverged, evaluate, load_checkpoint, open_dataset, predict, save_checkpoint,
                     train)
-from .viz import colorize, overlay, panel, save_png
+from .viz import colorize, overlay, save_png, segmentation_figure, training_curves
 
 
 def boolean(text):
@@ -134,28 +134,37 @@ def cmd_weights(args):
           f"fc {config.fc_width}, {config.preprocess} preprocessing (from {weights.kind_of(state)} weights)")
 
 
+def demo_config(args):
+    """The demo's recipe, chosen by measurement (README, "What the main job prints"): pad32 (no 100-px
+    pad), Adam with warm-up, 64-px crops in batches of 16, 2,000 generated images."""
+    return TrainConfig(data=os.path.join(args.out, "data"), out=args.out, model="fcn8s", width=0.125, fc_width=512,
+                       input_mode="pad32", optimizer="adam", lr=args.lr, warmup_steps=100, epochs=args.epochs,
+                       batch_size=16, crop=64, checkpoint_every=50)
+
+
 def cmd_demo(args):
-    """The main job: synthetic data -> train a small FCN-8s -> evaluate -> a picture of predictions."""
+    """The main job: synthetic data -> train a small FCN-8s -> evaluate -> pictures of predictions and curves."""
     start = time.time()
-    data = os.path.join(args.out, "data")
-    if not os.path.exists(os.path.join(data, "ImageSets")):
-        synthesize(data, args.train, args.val, args.size, seed=0)
-    config = TrainConfig(data=data, out=args.out, model="fcn8s", epochs=args.epochs, batch_size=8, lr=args.lr)
+    config = demo_config(args)
+    if not os.path.exists(os.path.join(config.data, "ImageSets")):
+        synthesize(config.data, args.train, args.val, args.size, seed=0)
     model, _ = train(config, resume=True)
-    val = VOCSegmentation(data, "val")
+    val = VOCSegmentation(config.data, "val")
     result = evaluate(model, val, 8, 21).scores()
     print(format_scores(result, VOC_CLASSES))
-    rows = []
-    for i in range(4):
-        image, truth = val[i]
-        pred = predict(model, image)
-        rows.append([image, colorize(truth), colorize(pred), overlay(image, pred)])
-    figure = os.path.join(args.out, "predictions.png")
-    save_png(figure, panel(rows))
+    rows = [(image, truth, predict(model, image)) for image, truth in (val[i] for i in range(5))]
+    figure = segmentation_figure(rows, VOC_CLASSES, os.path.join(args.out, "predictions.png"),
+                                 "FCN-8s on held-out images of the demo's data")
+    curves = training_curves(os.path.join(args.out, "metrics.jsonl"), os.path.join(args.out, "curves.png"))
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump({k: v for k, v in result.items()}, f, indent=1)
+        json.dump(result, f, indent=1)
     print(f"checkpoint {os.path.join(args.out, 'checkpoint.npz')}, metrics {os.path.join(args.out, 'metrics.json')}, "
-          f"predictions {figure} (image | truth | prediction | overlay); {time.time() - start:.0f} s")
+          f"predictions {figure}, curves {curves}; {time.time() - start:.0f} s")
+
+
+def cmd_plot(args):
+    path = os.path.join(args.run, "curves.png")
+    print(f"wrote {training_curves(os.path.join(args.run, 'metrics.jsonl'), path, os.path.basename(args.run.rstrip(os.sep)))}")
 
 
 def parser():
@@ -226,11 +235,15 @@ def parser():
     p = sub.add_parser("demo", help="the main job: synth data, train FCN-8s, evaluate, draw predictions")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--train", type=int, default=200)
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam's rate (after 100 warm-up steps, poly decay)")
+    p.add_argument("--train", type=int, default=2000, help="generated training images")
     p.add_argument("--val", type=int, default=50)
     p.add_argument("--size", type=int, default=96)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("plot", help="draw RUN/curves.png: train loss and validation mean IU per epoch")
+    p.add_argument("run", help="a run's --out folder (it holds metrics.jsonl)")
+    p.set_defaults(func=cmd_plot)
     return root
 
 

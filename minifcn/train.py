@@ -7,105 +7,23 @@ epoch, image)`` for augmentation, ``(seed, step, layer)`` for dropout. So the
 checkpoint at step k makes the same draws as one that never stopped.
 """
 
-import dataclasses
 import json
 import math
 import os
 import time
-import zipfile
 
 import numpy as np
 from tqdm import tqdm
 
 from . import functional as F
-from . import models, nn, weights
+from . import models, nn
+from .checkpoint import (CheckpointError, initialize, load_checkpoint, read_checkpoint,  # noqa: F401 (re-exported)
+                         save_checkpoint)
+from .config import TrainConfig  # noqa: F401 (re-exported: minifcn.train.TrainConfig)
 from .autograd import Tensor, no_grad
 from .data import SIFTFlow, VOCSegmentation, augment, batches, normalize, verify
-from .data.transforms import PREPROCESS
-from .models.vgg import torchvision_vgg16_names
 from .metrics import ConfusionMatrix
 from .optim import SGD, Adam
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    data: str
-    out: str = "runs/fcn"
-    dataset: str = "voc"  # or "siftflow" (then num_classes=33)
-    image_size: int = None  # siftflow: resize every image to this square size
-    model: str = "fcn8s"
-    width: float = 0.125
-    fc_width: int = 512
-    input_mode: str = "pad100"
-    upsampling: str = "paper"  # final upsampler fixed bilinear, intermediate ones learned; "learned"; "fixed"
-    learnable: bool = None  # the older switch: True = upsampling "learned", False = "fixed"
-    freeze_body: bool = False  # FCN-32s-fixed as in the paper: only the score layers learn
-    preprocess: str = "imagenet"  # input normalisation the weights expect ("caffe" for the authors' weights)
-    num_classes: int = 21
-    epochs: int = 10
-    batch_size: int = 8
-    accum_steps: int = 1
-    lr: float = 0.01
-    optimizer: str = "sgd"  # the paper's SGD with momentum, or "adam" (AdamW; lr about 1e-3)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_policy: str = "poly"  # or "fixed"
-    warmup_steps: int = 0  # the rate ramps up linearly over these first steps (keeps from-scratch ReLUs alive)
-    loss_reduction: str = "mean"  # "mean" over valid pixels, or "sum" (the paper's unnormalised loss)
-    class_weights: str = None  # "balanced": each class's loss weighted by its inverse pixel frequency
-    crop: int = None
-    scale: tuple = (0.75, 1.25)
-    train_split: str = "train"
-    val_split: str = "val"
-    train_subset: int = None
-    val_subset: int = None
-    init: str = None  # a checkpoint (.npz) or PyTorch file (.pth: VGG16 or FCN) whose weights start this model
-    seed: int = 0
-    checkpoint_every: int = 50  # steps between checkpoints (and at every epoch end)
-    val_every: int = 1  # epochs between validation passes (0: never during training)
-
-    def __post_init__(self):
-        """Refuse, naming the setting, any value that would make a run train nothing or fail later."""
-        def bad(name, need):
-            raise ValueError(f"{name.replace('_', '-')} must be {need}, got {getattr(self, name)!r}")
-
-        for name in ("epochs", "batch_size", "accum_steps", "checkpoint_every", "num_classes", "fc_width"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                bad(name, "an integer >= 1")
-        for name in ("crop", "image_size", "train_subset", "val_subset"):
-            if getattr(self, name) is not None and (not _is_int(getattr(self, name)) or getattr(self, name) < 1):
-                bad(name, "an integer >= 1 (or unset)")
-        for name in ("warmup_steps", "val_every"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
-                bad(name, "an integer >= 0")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            bad("lr", "a finite number > 0")
-        if not (isinstance(self.width, (int, float)) and self.width > 0):
-            bad("width", "a number > 0")
-        if not 0 <= self.momentum < 1 or not self.weight_decay >= 0:
-            raise ValueError(f"momentum must be in [0, 1) and weight-decay >= 0, got {self.momentum}, "
-                             f"{self.weight_decay}")
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
-            bad("scale", "a pair 0 < low <= high")
-        choices = {"dataset": ("voc", "siftflow"), "model": tuple(models.MODELS), "optimizer": ("sgd", "adam"),
-                   "lr_policy": ("poly", "fixed"), "loss_reduction": ("mean", "sum"),
-                   "input_mode": models.fcn.INPUT_MODES, "upsampling": models.fcn.UPSAMPLING,
-                   "preprocess": PREPROCESS, "class_weights": (None, "balanced")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                bad(name, f"one of {', '.join(map(str, allowed))}")
-        for name in ("learnable", "freeze_body"):
-            if getattr(self, name) not in ((None, True, False) if name == "learnable" else (True, False)):
-                bad(name, "true or false")
-
-    def model_config(self):
-        return dict(num_classes=self.num_classes, width=self.width, fc_width=self.fc_width,
-                    input_mode=self.input_mode, learnable=self.learnable, upsampling=self.upsampling,
-                    preprocess=self.preprocess, seed=self.seed)
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def open_dataset(config, split, subset=None):
@@ -122,89 +40,6 @@ class TrainingDiverged(RuntimeError):
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------
-
-def save_checkpoint(path, config, model, optimizer=None, meta=None):
-    """Write config, weights, optimiser state and progress to one .npz, atomically (temp file + rename)."""
-    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
-    if optimizer is not None:
-        arrays.update({f"optim/{k}": np.asarray(v) for k, v in optimizer.state_dict().items()})
-    arrays["config"] = np.array(json.dumps(dataclasses.asdict(config)))
-    arrays["meta"] = np.array(json.dumps(meta or {}))
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-class CheckpointError(ValueError):
-    """A file that is not a usable minifcn checkpoint; the message names it and says why."""
-
-
-def read_checkpoint(path):
-    """(config, state) from a checkpoint .npz, checked; state has 'model', 'optim' and 'meta'."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        with np.load(path, allow_pickle=False) as z:  # never unpickle: a checkpoint holds arrays and JSON only
-            if "config" not in z.files or "meta" not in z.files:
-                raise CheckpointError("no config or meta record")
-            settings, meta = json.loads(str(z["config"])), json.loads(str(z["meta"]))
-            state = {"model": {k[6:]: z[k] for k in z.files if k.startswith("model/")},
-                     "optim": {k[6:]: z[k] for k in z.files if k.startswith("optim/")}, "meta": meta}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as err:
-        why = "not a .npz archive" if "pickle" in str(err) else str(err) or type(err).__name__
-        raise CheckpointError(f"{path} is not a minifcn checkpoint ({why})") from err
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    if not isinstance(settings, dict) or set(settings) - known:
-        raise CheckpointError(f"{path} is not a minifcn checkpoint (unknown settings "
-                              f"{sorted(set(settings) - known) if isinstance(settings, dict) else settings!r})")
-    bad = [k for k, v in state["model"].items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"{path} holds non-finite weights ({', '.join(bad[:3])}); it cannot be used")
-    return TrainConfig(**settings), state
-
-
-def load_checkpoint(path):
-    """(config, model, state) from a checkpoint; state has 'model', 'optim' and 'meta'."""
-    config, state = read_checkpoint(path)
-    try:
-        model = models.build(config.model, **config.model_config())
-        model.load_state_dict(state["model"])
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{path} is not a minifcn checkpoint ({err})") from err
-    return config, model, state
-
-
-def initialize(model, path):
-    """Start ``model`` from the weights in ``path``; returns (names copied, model names left as they were).
-
-    A minifcn checkpoint (.npz) or a PyTorch file (.pth) with pytorch-fcn's names gives every tensor
-    whose name and shape match (staged training: 32s -> 16s -> 8s); torchvision's VGG16 (.pth) is
-    convolutionalized (``FCN.load_vgg16``). Raises if a layer of the body (conv*, fc*) is there in
-    another shape -- the two nets differ in width -- or if nothing at all is copied.
-    """
-    if str(path).endswith(".pth"):
-        source = weights.state_dict_of(weights.load_pth(path))
-        if weights.kind_of(source) == "vgg16":
-            model.load_vgg16(source)
-            copied = sorted(f"{target}.{part}" for target in torchvision_vgg16_names().values()
-                            for part in ("weight", "bias"))
-            return copied, sorted(set(dict(model.named_parameters())) - set(copied))
-    else:
-        source = read_checkpoint(path)[1]["model"]
-    own = dict(model.named_parameters())
-    copied = sorted(k for k, v in source.items() if k in own and own[k].shape == np.shape(v))
-    misfits = sorted((k for k in source if k in own and k not in copied and k.startswith(("conv", "fc"))),
-                     key=lambda k: (not k.endswith("weight"), k))  # name a weight first
-    if misfits or not copied:
-        example = misfits[0] if misfits else None
-        raise ValueError(f"--init {path}: " + (
-            f"its body does not fit this model ({example} is {np.shape(source[example])} there, "
-            f"{own[example].shape} here: another width?)" if example else "no parameter name in common"))
-    model.load_state_dict({k: source[k] for k in copied}, strict=False)
-    return copied, sorted(set(own) - set(copied))
-
-
-# --- the loops -------------------------------------------------------------------------------------------
 
 def param_groups(model, lr, weight_decay):
     """The paper's recipe: biases learn twice as fast and are not decayed."""

@@ -21,26 +21,6 @@ def overlay(image, label, alpha=0.5):
     return mixed.astype(np.uint8)
 
 
-def panel(rows, gap=4, scale=2):
-    """A grid image from rows of equally tall uint8 RGB tiles, enlarged ``scale`` times (nearest)."""
-    height = max(tile.shape[0] for row in rows for tile in row)
-    lines = []
-    for row in rows:
-        tiles = []
-        for tile in row:
-            padded = np.full((height, tile.shape[1], 3), 255, np.uint8)
-            padded[:tile.shape[0]] = tile
-            tiles += [padded, np.full((height, gap, 3), 255, np.uint8)]
-        lines.append(np.concatenate(tiles[:-1], axis=1))
-    width = max(line.shape[1] for line in lines)
-    out = []
-    for line in lines:
-        out += [np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255),
-                np.full((gap, width, 3), 255, np.uint8)]
-    grid = np.concatenate(out[:-1], axis=0)
-    return np.asarray(Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST))
-
-
 def save_png(path, rgb):
     Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(path)
 
@@ -73,6 +53,69 @@ def draw_predictions(axes, rows, names, fontsize=11):
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
                 ax.set_title(columns[c], fontsize=fontsize)
+
+
+def read_log(path):
+    """The epochs of a training log (metrics.jsonl), in order."""
+    import json
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def training_curves(log_path, path, title=None):
+    """Train loss and validation mean IU per epoch, side by side, from a run's metrics.jsonl."""
+    import matplotlib.pyplot as plt
+
+    log = read_log(log_path)
+    if not log:
+        raise ValueError(f"{log_path} holds no finished epoch yet")
+    epochs = [e["epoch"] for e in log]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    left.plot(epochs, [e["loss"] for e in log], "o-", color="tab:red")
+    left.set(xlabel="epoch", ylabel="train loss (last step)", title="training loss")
+    validated = [(e["epoch"], 100 * e["mean_iu"]) for e in log if "mean_iu" in e]
+    if validated:
+        right.plot(*zip(*validated), "o-", color="tab:blue")
+        right.set_ylim(0, 100)
+    else:
+        right.text(0.5, 0.5, "no validation pass in this run", ha="center", va="center", transform=right.transAxes)
+    right.set(xlabel="epoch", ylabel="mean IU (%)", title="validation mean IU")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def segmentation_figure(rows, class_names, path, title=None):
+    """Rows of (image, truth, prediction) with a legend of the classes shown, in VOC colours."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    fig, axes = plt.subplots(len(rows), 3, figsize=(7.2, 2.4 * len(rows) + 0.8), squeeze=False)
+    shown = set()
+    for r, (image, truth, pred) in enumerate(rows):
+        for c, (tile, name) in enumerate(((image, "image"), (colorize(truth), "ground truth"),
+                                          (colorize(pred), "prediction"))):
+            axes[r][c].imshow(tile, interpolation="nearest")
+            axes[r][c].set_xticks([]), axes[r][c].set_yticks([])
+            if r == 0:
+                axes[r][c].set_title(name)
+        shown |= set(np.unique(truth).tolist()) | set(np.unique(pred).tolist())
+    colours = voc_colormap()
+    handles = [Patch(color=colours[k] / 255, label=class_names[k]) for k in sorted(shown - {IGNORE})]
+    handles.append(Patch(color=np.array((224, 224, 192)) / 255, label="void (ignored)"))
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=9, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(handles) > 4), 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def matrix_plot(ax, m, title=None, fmt="{:g}", cmap="Blues", fontsize=9):

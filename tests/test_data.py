@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minifcn.data import (VOC_CLASSES, VOCSegmentation, augment, collate, read_label, synthesize, voc_colormap,
+from minifcn.data import (VOCSegmentation, augment, collate, read_label, synthesize, voc_colormap,
                           write_label)
 from minifcn.data.synth import void_border
 

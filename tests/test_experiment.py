@@ -157,7 +157,7 @@ def test_stages_run_side_by_side_in_processes_match_a_serial_run(tmp_path):
 
     lines = []
     parallel = run_stages(plan(tmp_path / "par"), log=lines.append, jobs=2)
-    serial = run_stages(plan(tmp_path / "ser"), log=lambda *a: None)
+    run_stages(plan(tmp_path / "ser"), log=lambda *a: None)
     assert list(parallel) == ["c", "a", "b"]  # the plan's order, whatever order they finished in
     started = [line.split(":")[0] for line in lines if ": started (" in line]
     assert started == ["a", "c", "b"]  # the longer chain (a -> b) first, b once a is done

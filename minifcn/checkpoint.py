@@ -1,0 +1,100 @@
+"""Checkpoints: one .npz of settings (JSON), weights, optimiser state and progress; and starting a
+model from another's weights (staged training, a pre-trained classifier, PyTorch files).
+
+A checkpoint is read without unpickling anything (``allow_pickle=False``): it holds arrays and JSON only.
+"""
+
+import dataclasses
+import json
+import os
+import zipfile
+
+import numpy as np
+
+from . import models, weights
+from .config import TrainConfig
+from .models.vgg import torchvision_vgg16_names
+
+
+def save_checkpoint(path, config, model, optimizer=None, meta=None):
+    """Write config, weights, optimiser state and progress to one .npz, atomically (temp file + rename)."""
+    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
+    if optimizer is not None:
+        arrays.update({f"optim/{k}": np.asarray(v) for k, v in optimizer.state_dict().items()})
+    arrays["config"] = np.array(json.dumps(dataclasses.asdict(config)))
+    arrays["meta"] = np.array(json.dumps(meta or {}))
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable minifcn checkpoint; the message names it and says why."""
+
+
+def read_checkpoint(path):
+    """(config, state) from a checkpoint .npz, checked; state has 'model', 'optim' and 'meta'."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:  # never unpickle: a checkpoint holds arrays and JSON only
+            if "config" not in z.files or "meta" not in z.files:
+                raise CheckpointError("no config or meta record")
+            settings, meta = json.loads(str(z["config"])), json.loads(str(z["meta"]))
+            state = {"model": {k[6:]: z[k] for k in z.files if k.startswith("model/")},
+                     "optim": {k[6:]: z[k] for k in z.files if k.startswith("optim/")}, "meta": meta}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as err:
+        why = "not a .npz archive" if "pickle" in str(err) else str(err) or type(err).__name__
+        raise CheckpointError(f"{path} is not a minifcn checkpoint ({why})") from err
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not isinstance(settings, dict) or set(settings) - known:
+        raise CheckpointError(f"{path} is not a minifcn checkpoint (unknown settings "
+                              f"{sorted(set(settings) - known) if isinstance(settings, dict) else settings!r})")
+    bad = [k for k, v in state["model"].items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights ({', '.join(bad[:3])}); it cannot be used")
+    return TrainConfig(**settings), state
+
+
+def load_checkpoint(path):
+    """(config, model, state) from a checkpoint; state has 'model', 'optim' and 'meta'."""
+    config, state = read_checkpoint(path)
+    try:
+        model = models.build(config.model, **config.model_config())
+        model.load_state_dict(state["model"])
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{path} is not a minifcn checkpoint ({err})") from err
+    return config, model, state
+
+
+def initialize(model, path):
+    """Start ``model`` from the weights in ``path``; returns (names copied, model names left as they were).
+
+    A minifcn checkpoint (.npz) or a PyTorch file (.pth) with pytorch-fcn's names gives every tensor
+    whose name and shape match (staged training: 32s -> 16s -> 8s); torchvision's VGG16 (.pth) is
+    convolutionalized (``FCN.load_vgg16``). Raises if a layer of the body (conv*, fc*) is there in
+    another shape -- the two nets differ in width -- or if nothing at all is copied.
+    """
+    if str(path).endswith(".pth"):
+        source = weights.state_dict_of(weights.load_pth(path))
+        if weights.kind_of(source) == "vgg16":
+            model.load_vgg16(source)
+            copied = sorted(f"{target}.{part}" for target in torchvision_vgg16_names().values()
+                            for part in ("weight", "bias"))
+            return copied, sorted(set(dict(model.named_parameters())) - set(copied))
+    else:
+        source = read_checkpoint(path)[1]["model"]
+    own = dict(model.named_parameters())
+    copied = sorted(k for k, v in source.items() if k in own and own[k].shape == np.shape(v))
+    misfits = sorted((k for k in source if k in own and k not in copied and k.startswith(("conv", "fc"))),
+                     key=lambda k: (not k.endswith("weight"), k))  # name a weight first
+    if misfits or not copied:
+        example = misfits[0] if misfits else None
+        raise ValueError(f"--init {path}: " + (
+            f"its body does not fit this model ({example} is {np.shape(source[example])} there, "
+            f"{own[example].shape} here: another width?)" if example else "no parameter name in common"))
+    model.load_state_dict({k: source[k] for k in copied}, strict=False)
+    return copied, sorted(set(own) - set(copied))
+
+
+# --- the loops -------------------------------------------------------------------------------------------

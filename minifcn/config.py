@@ -1,0 +1,88 @@
+"""The settings of a training run, checked when they are made: a run never starts that cannot train."""
+
+import dataclasses
+import math
+
+from . import models
+from .data.transforms import PREPROCESS
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data: str
+    out: str = "runs/fcn"
+    dataset: str = "voc"  # or "siftflow" (then num_classes=33)
+    image_size: int = None  # siftflow: resize every image to this square size
+    model: str = "fcn8s"
+    width: float = 0.125
+    fc_width: int = 512
+    input_mode: str = "pad100"
+    upsampling: str = "paper"  # final upsampler fixed bilinear, intermediate ones learned; "learned"; "fixed"
+    learnable: bool = None  # the older switch: True = upsampling "learned", False = "fixed"
+    freeze_body: bool = False  # FCN-32s-fixed as in the paper: only the score layers learn
+    preprocess: str = "imagenet"  # input normalisation the weights expect ("caffe" for the authors' weights)
+    num_classes: int = 21
+    epochs: int = 10
+    batch_size: int = 8
+    accum_steps: int = 1
+    lr: float = 0.01
+    optimizer: str = "sgd"  # the paper's SGD with momentum, or "adam" (AdamW; lr about 1e-3)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_policy: str = "poly"  # or "fixed"
+    warmup_steps: int = 0  # the rate ramps up linearly over these first steps (keeps from-scratch ReLUs alive)
+    loss_reduction: str = "mean"  # "mean" over valid pixels, or "sum" (the paper's unnormalised loss)
+    class_weights: str = None  # "balanced": each class's loss weighted by its inverse pixel frequency
+    crop: int = None
+    scale: tuple = (0.75, 1.25)
+    train_split: str = "train"
+    val_split: str = "val"
+    train_subset: int = None
+    val_subset: int = None
+    init: str = None  # a checkpoint (.npz) or PyTorch file (.pth: VGG16 or FCN) whose weights start this model
+    seed: int = 0
+    checkpoint_every: int = 50  # steps between checkpoints (and at every epoch end)
+    val_every: int = 1  # epochs between validation passes (0: never during training)
+
+    def __post_init__(self):
+        """Refuse, naming the setting, any value that would make a run train nothing or fail later."""
+        def bad(name, need):
+            raise ValueError(f"{name.replace('_', '-')} must be {need}, got {getattr(self, name)!r}")
+
+        for name in ("epochs", "batch_size", "accum_steps", "checkpoint_every", "num_classes", "fc_width"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                bad(name, "an integer >= 1")
+        for name in ("crop", "image_size", "train_subset", "val_subset"):
+            if getattr(self, name) is not None and (not _is_int(getattr(self, name)) or getattr(self, name) < 1):
+                bad(name, "an integer >= 1 (or unset)")
+        for name in ("warmup_steps", "val_every"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                bad(name, "an integer >= 0")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            bad("lr", "a finite number > 0")
+        if not (isinstance(self.width, (int, float)) and self.width > 0):
+            bad("width", "a number > 0")
+        if not 0 <= self.momentum < 1 or not self.weight_decay >= 0:
+            raise ValueError(f"momentum must be in [0, 1) and weight-decay >= 0, got {self.momentum}, "
+                             f"{self.weight_decay}")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            bad("scale", "a pair 0 < low <= high")
+        choices = {"dataset": ("voc", "siftflow"), "model": tuple(models.MODELS), "optimizer": ("sgd", "adam"),
+                   "lr_policy": ("poly", "fixed"), "loss_reduction": ("mean", "sum"),
+                   "input_mode": models.fcn.INPUT_MODES, "upsampling": models.fcn.UPSAMPLING,
+                   "preprocess": PREPROCESS, "class_weights": (None, "balanced")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                bad(name, f"one of {', '.join(map(str, allowed))}")
+        for name in ("learnable", "freeze_body"):
+            if getattr(self, name) not in ((None, True, False) if name == "learnable" else (True, False)):
+                bad(name, "true or false")
+
+    def model_config(self):
+        return dict(num_classes=self.num_classes, width=self.width, fc_width=self.fc_width,
+                    input_mode=self.input_mode, learnable=self.learnable, upsampling=self.upsampling,
+                    preprocess=self.preprocess, seed=self.seed)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)

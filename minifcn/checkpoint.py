@@ -12,8 +12,8 @@ import zipfile
 import numpy as np
 
 from . import models, weights
-from .config import TrainConfig
-from .models.vgg import torchvision_vgg16_names
+from .config import PretrainConfig, TrainConfig
+from .models.vgg import VGGClassifier, torchvision_vgg16_names
 
 
 def save_checkpoint(path, config, model, optimizer=None, meta=None):
@@ -32,8 +32,11 @@ class CheckpointError(ValueError):
     """A file that is not a usable minifcn checkpoint; the message names it and says why."""
 
 
-def read_checkpoint(path):
-    """(config, state) from a checkpoint .npz, checked; state has 'model', 'optim' and 'meta'."""
+def read_checkpoint(path, config_class=TrainConfig):
+    """(config, state) from a checkpoint .npz, checked; state has 'model', 'optim' and 'meta'.
+
+    ``config_class=None`` takes the settings class the checkpoint names (a PretrainConfig for a classifier).
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found")
     try:
@@ -46,14 +49,16 @@ def read_checkpoint(path):
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as err:
         why = "not a .npz archive" if "pickle" in str(err) else str(err) or type(err).__name__
         raise CheckpointError(f"{path} is not a minifcn checkpoint ({why})") from err
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    if config_class is None:
+        config_class = PretrainConfig if meta.get("kind") == "classifier" else TrainConfig
+    known = {f.name for f in dataclasses.fields(config_class)}
     if not isinstance(settings, dict) or set(settings) - known:
         raise CheckpointError(f"{path} is not a minifcn checkpoint (unknown settings "
                               f"{sorted(set(settings) - known) if isinstance(settings, dict) else settings!r})")
     bad = [k for k, v in state["model"].items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{path} holds non-finite weights ({', '.join(bad[:3])}); it cannot be used")
-    return TrainConfig(**settings), state
+    return config_class(**settings), state
 
 
 def load_checkpoint(path):
@@ -72,7 +77,8 @@ def initialize(model, path):
 
     A minifcn checkpoint (.npz) or a PyTorch file (.pth) with pytorch-fcn's names gives every tensor
     whose name and shape match (staged training: 32s -> 16s -> 8s); torchvision's VGG16 (.pth) is
-    convolutionalized (``FCN.load_vgg16``). Raises if a layer of the body (conv*, fc*) is there in
+    convolutionalized (``FCN.load_vgg16``), and so is a classifier from ``minifcn pretrain``
+    (``FCN.load_classifier``). Raises if a layer of the body (conv*, fc*) is there in
     another shape -- the two nets differ in width -- or if nothing at all is copied.
     """
     if str(path).endswith(".pth"):
@@ -83,7 +89,12 @@ def initialize(model, path):
                             for part in ("weight", "bias"))
             return copied, sorted(set(dict(model.named_parameters())) - set(copied))
     else:
-        source = read_checkpoint(path)[1]["model"]
+        config, state = read_checkpoint(path, config_class=None)
+        if isinstance(config, PretrainConfig):  # the paper's recipe: a classifier, convolutionalized
+            model.load_classifier(load_classifier(config, state))
+            copied = sorted(k for k in state["model"] if not k.startswith("fc8"))
+            return copied, sorted(set(dict(model.named_parameters())) - set(copied))
+        source = state["model"]
     own = dict(model.named_parameters())
     copied = sorted(k for k, v in source.items() if k in own and own[k].shape == np.shape(v))
     misfits = sorted((k for k in source if k in own and k not in copied and k.startswith(("conv", "fc"))),
@@ -98,3 +109,13 @@ def initialize(model, path):
 
 
 # --- the loops -------------------------------------------------------------------------------------------
+
+
+def load_classifier(config, state):
+    """The VGGClassifier a pre-training checkpoint holds."""
+    classifier = VGGClassifier(config.num_classes, config.width, config.fc_width, config.crop, config.seed)
+    try:
+        classifier.load_state_dict(state["model"])
+    except ValueError as err:
+        raise CheckpointError(f"a classifier checkpoint that does not fit its own settings ({err})") from None
+    return classifier

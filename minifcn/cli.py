@@ -12,7 +12,9 @@ from .data import VOC_CLASSES, VOCSegmentation, synthesize
 from .data.download import download
 from .data.synth import PAINTERS
 from .data.voc import read_image
+from .config import PretrainConfig
 from .metrics import format_scores
+from .pretrain import pretrain
 from .train import (TrainConfig, TrainingDiverged, evaluate, load_checkpoint, open_dataset, predict, save_checkpoint,
                     train)
 from .viz import colorize, overlay, save_png, segmentation_figure, training_curves
@@ -49,6 +51,15 @@ def cmd_train(args):
     config = config_from(args)
     _, metrics = train(config, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps(metrics))
+
+
+def cmd_pretrain(args):
+    names = {f.name for f in dataclasses.fields(PretrainConfig)}
+    config = PretrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    _, history = pretrain(config, resume=True)
+    print(f"wrote {os.path.join(config.out, 'classifier.npz')}: crop accuracy "
+          f"{100 * history[-1]['val_accuracy']:.1f} % on validation crops; start an FCN from it with "
+          f"--init {os.path.join(config.out, 'classifier.npz')} --fc6-kernel {config.fc6_kernel}")
 
 
 def cmd_eval(args):
@@ -178,6 +189,15 @@ def parser():
     p.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a run")
     add_train_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pretrain", help="the paper's first step: a classifier on crops, to start an FCN from")
+    p.add_argument("--data", required=True, help="a VOCdevkit/VOC2012-style folder (or SIFT Flow, --dataset)")
+    for field in dataclasses.fields(PretrainConfig):
+        if field.name not in ("data", "scale"):
+            p.add_argument("--" + field.name.replace("_", "-"), default=field.default,
+                           type=OPTIONAL_TYPES.get(field.name, type(field.default)), help=f"(default {field.default})")
+    p.add_argument("--scale", type=float, nargs=2, default=(1.0, 1.0), help="image resize range before cropping")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("eval", help="the four metrics and a per-class table")
     p.add_argument("--checkpoint", required=True)

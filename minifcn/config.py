@@ -21,6 +21,7 @@ class TrainConfig:
     learnable: bool = None  # the older switch: True = upsampling "learned", False = "fixed"
     freeze_body: bool = False  # FCN-32s-fixed as in the paper: only the score layers learn
     preprocess: str = "imagenet"  # input normalisation the weights expect ("caffe" for the authors' weights)
+    fc6_kernel: int = 7  # fc6's window on pool5: 7 as in VGG16; a classifier pre-trained on 32k-px crops needs k
     num_classes: int = 21
     epochs: int = 10
     batch_size: int = 8
@@ -49,7 +50,8 @@ class TrainConfig:
         def bad(name, need):
             raise ValueError(f"{name.replace('_', '-')} must be {need}, got {getattr(self, name)!r}")
 
-        for name in ("epochs", "batch_size", "accum_steps", "checkpoint_every", "num_classes", "fc_width"):
+        for name in ("epochs", "batch_size", "accum_steps", "checkpoint_every", "num_classes", "fc_width",
+                     "fc6_kernel"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 bad(name, "an integer >= 1")
         for name in ("crop", "image_size", "train_subset", "val_subset"):
@@ -81,8 +83,53 @@ class TrainConfig:
     def model_config(self):
         return dict(num_classes=self.num_classes, width=self.width, fc_width=self.fc_width,
                     input_mode=self.input_mode, learnable=self.learnable, upsampling=self.upsampling,
-                    preprocess=self.preprocess, seed=self.seed)
+                    preprocess=self.preprocess, fc6_kernel=self.fc6_kernel, seed=self.seed)
 
 
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """The classifier stage of the paper's recipe (minifcn.pretrain): a VGGClassifier on crops of the
+    segmentation training images, each labelled with the class covering most of it."""
+    data: str
+    out: str = "runs/pretrain"
+    dataset: str = "voc"
+    image_size: int = None  # siftflow: resize every image to this square size first
+    num_classes: int = 21
+    width: float = 0.125
+    fc_width: int = 512
+    crop: int = 96  # a multiple of 32 with an odd quotient: fc6 becomes a (crop/32) x (crop/32) convolution
+    scale: tuple = (1.0, 1.0)  # images are resized by a factor drawn from this range before cropping
+    crops_per_image: int = 4
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3  # Adam, with linear warm-up and poly decay
+    warmup_steps: int = 100
+    weight_decay: float = 5e-4
+    train_split: str = "train"
+    val_split: str = "val"
+    preprocess: str = "imagenet"
+    seed: int = 0
+
+    def __post_init__(self):
+        self.scale = tuple(self.scale)  # JSON gives a list back
+        for name in ("num_classes", "fc_width", "crops_per_image", "epochs", "batch_size"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not (_is_int(self.crop) and self.crop % 32 == 0 and (self.crop // 32) % 2 == 1):
+            raise ValueError(f"crop must be 32 times an odd number (32, 96, 160, 224: fc6's window is then "
+                             f"centred on a pool5 pixel), got {self.crop!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"scale must be a pair 0 < low <= high, got {self.scale!r}")
+        if self.dataset not in ("voc", "siftflow") or self.preprocess not in PREPROCESS:
+            raise ValueError(f"dataset must be voc or siftflow and preprocess one of {PREPROCESS}, got "
+                             f"{self.dataset!r}, {self.preprocess!r}")
+
+    @property
+    def fc6_kernel(self):
+        return self.crop // 32

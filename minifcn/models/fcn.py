@@ -16,7 +16,7 @@ from .. import functional as F
 from .. import nn
 from ..data.transforms import PREPROCESS
 from .geometry import CoordMap, crop_offset
-from .vgg import Backbone, scaled, torchvision_vgg16_names, vgg16_backbone
+from .vgg import Backbone, convolutionalize, scaled, torchvision_vgg16_names, vgg16_backbone
 
 INPUT_MODES = ("pad100", "pad32")
 UPSAMPLING = ("paper", "learned", "fixed")
@@ -43,7 +43,7 @@ class FCN(Backbone):
     """
 
     def __init__(self, num_classes=21, width=1.0, fc_width=4096, input_mode="pad100", learnable=None, seed=0,
-                 upsampling="paper", preprocess="imagenet"):
+                 upsampling="paper", preprocess="imagenet", fc6_kernel=7):
         super().__init__()
         if learnable is not None:
             upsampling = "learned" if learnable else "fixed"
@@ -55,8 +55,10 @@ class FCN(Backbone):
             raise ValueError(f"preprocess must be one of {PREPROCESS}, got {preprocess!r}")
         if num_classes < 1 or width <= 0 or fc_width < 1:
             raise ValueError(f"num_classes {num_classes}, width {width} and fc_width {fc_width} must be positive")
+        if fc6_kernel < 1 or fc6_kernel % 2 == 0:
+            raise ValueError(f"fc6_kernel must be odd (its window centred on a pool5 pixel), got {fc6_kernel}")
         self.config = dict(num_classes=num_classes, width=width, fc_width=fc_width, input_mode=input_mode,
-                           seed=seed, upsampling=upsampling, preprocess=preprocess)
+                           seed=seed, upsampling=upsampling, preprocess=preprocess, fc6_kernel=fc6_kernel)
         self.input_mode, self.num_classes, self.upsampling, self.preprocess = (input_mode, num_classes, upsampling,
                                                                                preprocess)
         rng = np.random.default_rng(seed)
@@ -64,7 +66,8 @@ class FCN(Backbone):
         backbone = vgg16_backbone(width, 100 if pad100 else 1, rng)
         self.add_layers(backbone)
         c5 = scaled(512, width)
-        self.fc6 = nn.Conv2d(c5, fc_width, 7, padding=0 if pad100 else 3, rng=rng)
+        # fc6 sees a k x k window of pool5: VGG16's 7 (a 224-px image); a classifier trained on 32k-px crops gives k
+        self.fc6 = nn.Conv2d(c5, fc_width, fc6_kernel, padding=0 if pad100 else fc6_kernel // 2, rng=rng)
         self.relu6, self.drop6 = nn.ReLU(), nn.Dropout(0.5, seed=seed + 6)
         self.fc7 = nn.Conv2d(fc_width, fc_width, 1, rng=rng)
         self.relu7, self.drop7 = nn.ReLU(), nn.Dropout(0.5, seed=seed + 7)
@@ -112,6 +115,21 @@ class FCN(Backbone):
                 module.bias.data[...] = 0
             elif name.startswith("upscore"):
                 module.weight.data = self.upsampler(module.kernel_size[0], module.stride[0]).weight.data.copy()
+        return self
+
+    def load_classifier(self, classifier):
+        """Start from a trained VGGClassifier: ``convolutionalize`` it and take its body, fc6 and fc7 (the
+        paper's recipe). Its fc8 scores other classes (or the same ones at image level) and is dropped;
+        the score layers restart at zero. fc6's k x k window must match: build with fc6_kernel = k."""
+        convolutional = convolutionalize(classifier)
+        own = dict(self.named_parameters())
+        state = {k: v for k, v in convolutional.state_dict().items() if not k.startswith("fc8")}
+        for name, value in state.items():
+            if own[name].shape != value.shape:
+                raise ValueError(f"the classifier's {name} is {value.shape}, this FCN's is {own[name].shape} (a "
+                                 f"classifier on {classifier.input_size}-px crops needs fc6_kernel="
+                                 f"{classifier.pool5_size} and the same widths)")
+        self.load_state_dict(state, strict=False)
         return self
 
     def score_layer(self, in_channels):

@@ -12,11 +12,11 @@ from .vgg import scaled
 
 class PixelwiseNet(nn.Module):
     def __init__(self, num_classes=21, width=1.0, fc_width=4096, input_mode="pad32", learnable=None, seed=0,
-                 upsampling="paper", preprocess="imagenet"):
+                 upsampling="paper", preprocess="imagenet", fc6_kernel=7):
         super().__init__()
-        hidden = scaled(512, width)  # as wide as the FCN's conv5 layers; fc_width, input_mode, upsampling unused
+        hidden = scaled(512, width)  # as wide as the FCN's conv5 layers; the other settings are an FCN's, unused
         self.config = dict(num_classes=num_classes, width=width, fc_width=fc_width, input_mode=input_mode,
-                           seed=seed, upsampling=upsampling, preprocess=preprocess)
+                           seed=seed, upsampling=upsampling, preprocess=preprocess, fc6_kernel=fc6_kernel)
         self.preprocess = preprocess
         rng = np.random.default_rng(seed)
         self.conv1 = nn.Conv2d(3, hidden, 1, rng=rng)

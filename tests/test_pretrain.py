@@ -9,7 +9,7 @@ from minifcn import Tensor, no_grad
 from minifcn.checkpoint import initialize
 from minifcn.config import PretrainConfig
 from minifcn.data import synthesize
-from minifcn.models import FCN32s, FCN8s, VGGClassifier
+from minifcn.models import FCN32s, FCN8s
 from minifcn.pretrain import crops_of, pretrain
 
 

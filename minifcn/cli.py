@@ -254,9 +254,9 @@ def parser():
 
     p = sub.add_parser("demo", help="the main job: synth data, train FCN-8s, evaluate, draw predictions")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=3e-3, help="Adam's rate (after 100 warm-up steps, poly decay)")
-    p.add_argument("--train", type=int, default=2000, help="generated training images")
+    p.add_argument("--train", type=int, default=3000, help="generated training images")
     p.add_argument("--val", type=int, default=50)
     p.add_argument("--size", type=int, default=96)
     p.set_defaults(func=cmd_demo)

@@ -106,33 +106,45 @@ def _run_stage(stage, folders, band_width, exclude_absent, log, progress):
 
 
 def _run_in_processes(chosen, folders, jobs, band_width, exclude_absent, log):
-    """Run stages in ``jobs`` worker processes, each as soon as its parent stage is done.
+    """Run stages in up to ``jobs`` processes at once, each as soon as its parent stage is done.
 
-    Every worker gets cores // jobs threads (set through the environment, which
-    BLAS reads at start-up), so the workers never oversubscribe the machine.
-    Workers print one line per epoch, prefixed with their stage's name.
+    A stage gets cores // jobs threads, or every core when it will run alone (nothing else running or
+    ready: then nothing can become ready before it ends, since the rest wait on it), so FCN-32s, which
+    16s, 8s and the control all grow from, does not leave cores idle. Threads are set through the
+    environment of a fresh process per stage (BLAS reads them at start-up), so the machine is never
+    oversubscribed. Workers print one line per epoch, prefixed with their stage's name.
     """
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    cores = os.cpu_count() or 1
     chain = _epochs_on_longest_chain(chosen)
     waiting, running, results = sorted(chosen, key=lambda s: -chain[s.name]), {}, {}
-    with _environment({k: threads for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                                            "NUMBA_NUM_THREADS")}), \
-            cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+    try:
         while waiting or running:
-            unfinished = {s.name for s in waiting} | {s.name for s in running.values()}
+            unfinished = {s.name for s in waiting} | {s.name for s, _ in running.values()}
             ready = [s for s in waiting if s.init_from not in unfinished]
             for s in ready[:jobs - len(running)]:
                 waiting.remove(s)
+                alone = not running and len(ready) == 1
+                threads = str(cores if alone else max(1, cores // jobs))
                 worker_log = functools.partial(print, f"[{s.name}]", flush=True)
-                running[pool.submit(_run_stage, s, folders, band_width, exclude_absent, worker_log, False)] = s
+                with _environment({k: threads for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                                        "NUMBA_NUM_THREADS")}):
+                    pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+                    future = pool.submit(_run_stage, s, folders, band_width, exclude_absent, worker_log, False)
+                running[future] = (s, pool)
                 log(f"{s.name}: started ({threads} thread{'s' * (threads != '1')})")
             done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
             for future in done:
-                s = running.pop(future)
+                s, pool = running.pop(future)
+                pool.shutdown()
                 if future.exception() is not None:
-                    log(f"{s.name} failed; waiting for {[r.name for r in running.values()] or 'nothing'} to "
+                    log(f"{s.name} failed; waiting for {[r.name for r, _ in running.values()] or 'nothing'} to "
                         f"finish (Ctrl-C stops them; their checkpoints are kept)")
+                    for other, other_pool in running.values():
+                        other_pool.shutdown()
                 results[s.name] = future.result()  # a worker's error is raised here
+    finally:
+        for _, pool in running.values():
+            pool.shutdown(cancel_futures=True)
     return results
 
 

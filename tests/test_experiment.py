@@ -171,6 +171,24 @@ def test_stages_run_side_by_side_in_processes_match_a_serial_run(tmp_path):
         run_stages(broken + plan(tmp_path / "par"), log=lambda *a: None, jobs=2)
 
 
+def test_a_stage_that_runs_alone_gets_every_core(tmp_path, monkeypatch):
+    """Side by side, stages share the cores; a stage nothing else can run beside takes them all."""
+    data = synthesize(str(tmp_path / "data"), 4, 2, 32, progress=False)
+    base = TrainConfig(data=data, out="", width=1 / 16, fc_width=16, input_mode="pad32", epochs=1, batch_size=4,
+                       val_every=0)
+    plan = [Stage("a", dataclasses.replace(base, out=str(tmp_path / "a"), model="fcn32s")),
+            Stage("c", dataclasses.replace(base, out=str(tmp_path / "c"), model="pixelwise")),
+            Stage("b", dataclasses.replace(base, out=str(tmp_path / "b"), model="fcn16s"), "a")]
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    lines = []
+    run_stages(plan, log=lines.append, jobs=2)
+    started = dict(line.split(": started ") for line in lines if ": started (" in line)
+    assert started["a"] == started["c"] == "(2 threads)"  # two ready at once: half the cores each
+    run_stages([Stage("solo", dataclasses.replace(base, out=str(tmp_path / "solo"), model="fcn32s"))],
+               log=lines.append, jobs=2)
+    assert "solo: started (4 threads)" in lines
+
+
 def test_saved_predictions_come_back_in_order(tmp_path):
     rng = np.random.default_rng(0)
     rows = [(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), rng.integers(0, 21, (h, w), dtype=np.uint8),

@@ -69,13 +69,14 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=128, help="images and labels are resized to size x size")
     p.add_argument("--width", type=float, default=0.125)
     p.add_argument("--fc-width", type=int, default=512)
-    p.add_argument("--epochs", type=int, default=12, help="epochs of the FCN-32s stage")
+    p.add_argument("--epochs", type=int, default=14, help="epochs of the FCN-32s stage")
     p.add_argument("--later-epochs", type=int, default=4, help="epochs of the 16s and 8s stages")
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam's rate (halved for the 16s and 8s stages)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's rate (halved for the 16s and 8s stages)")
     p.add_argument("--crop", type=int, default=None, help="train on random crops of this size")
     p.add_argument("--pretrain", action="store_true", help="start from a classifier trained on crops first")
     p.add_argument("--pretrain-epochs", type=int, default=6)
     p.add_argument("--pretrain-crop", type=int, default=96, help="classifier crops (fc6 becomes crop/32 square)")
+    p.add_argument("--pretrain-lr", type=float, default=1e-3, help="Adam's rate for the classifier")
     p.add_argument("--balanced", action="store_true", help="weight the loss by inverse class frequency")
     p.add_argument("--jobs", type=int, default=2, help="stages trained at once, one process each")
     p.add_argument("--seed", type=int, default=0)
@@ -89,7 +90,7 @@ def main(argv=None):
         config = PretrainConfig(data=ROOT, out=os.path.join(args.out, "pretrained", "classifier"),
                                 dataset="siftflow", image_size=args.size, num_classes=len(SIFTFLOW_CLASSES),
                                 width=args.width, fc_width=args.fc_width, crop=args.pretrain_crop,
-                                epochs=args.pretrain_epochs, lr=args.lr / 3, train_split="trainval",
+                                epochs=args.pretrain_epochs, lr=args.pretrain_lr, train_split="trainval",
                                 val_split="test", seed=args.seed)
         _, history = pretrain(config, log=print)
         init, pretrain_minutes = os.path.join(config.out, "classifier.npz"), history[-1]["seconds"] / 60

@@ -128,7 +128,8 @@ def _prepare_out(config, resume, overwrite, ckpt_path, log_path):
 
 def _check_resumable(stored, config, ckpt_path):
     """A checkpoint continues only the run it came from: the same net, widths and optimiser."""
-    fields = ("model", "width", "fc_width", "num_classes", "input_mode", "optimizer", "upsampling", "freeze_body")
+    fields = ("model", "width", "fc_width", "num_classes", "input_mode", "optimizer", "upsampling", "freeze_body",
+              "fc6_kernel")
     changed = [f"{f} {getattr(stored, f)!r} -> {getattr(config, f)!r}" for f in fields
                if getattr(stored, f) != getattr(config, f)]
     if changed:

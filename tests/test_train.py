@@ -114,3 +114,20 @@ def test_gradient_accumulation_matches_the_larger_batch(data, tmp_path):
     for (name, a), b, c in zip(m_big.named_parameters(), m_acc.parameters(), m0.parameters()):
         np.testing.assert_allclose(a.data, b.data, rtol=1e-4, atol=1e-6, err_msg=name)
     assert any(not np.array_equal(a.data, c.data) for a, c in zip(m_big.parameters(), m0.parameters()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pretrain", [[], ["--pretrain", "--pretrain-epochs", "1"]])
+def test_the_main_job_writes_its_checkpoint_metrics_and_pictures(tmp_path, capsys, pretrain):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--train", "8", "--val", "4", "--size", "32", "--epochs", "1",
+                 *pretrain]) == 0
+    printed = capsys.readouterr().out
+    assert "mean IU" in printed and "curves" in printed
+    for name in ("checkpoint.npz", "metrics.json", "predictions.png", "curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert 0 <= json.load(open(out / "metrics.json"))["mean_iu"] <= 1
+    config = load_checkpoint(str(out / "checkpoint.npz"))[0]
+    assert config.fc6_kernel == (3 if pretrain else 7) and bool(config.init) == bool(pretrain)
+    os.remove(out / "curves.png")
+    assert main(["plot", str(out)]) == 0 and (out / "curves.png").stat().st_size > 10_000

@@ -39,7 +39,7 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
-# --- checkpoints ---------------------------------------------------------------------------------------
+# --- optimisation ----------------------------------------------------------------------------------------
 
 def param_groups(model, lr, weight_decay):
     """The paper's recipe: biases learn twice as fast and are not decayed."""
@@ -93,17 +93,22 @@ def evaluate(model, dataset, batch_size=4, num_classes=21, progress=False):
     return cm
 
 
+BALANCED_CEILING = 25
+
+
 def class_weights(dataset, num_classes):
     """Farabet's "balanced" loss: w_c = 1 / (K' f_c), f_c the share of class c among the labelled training
-    pixels and K' the number of classes present. Each class then carries the same total weight, and the
-    average weight of a pixel stays 1. Classes absent from training keep weight 1 (they never occur)."""
+    pixels and K' the number of classes present, so that each class carries the same total weight and
+    the average weight of a pixel is 1. Capped at BALANCED_CEILING: on SIFT Flow the uncapped weights run
+    from 0.11 (sky) to 4,258 (moon, a few hundred pixels in all), and one moon would outweigh the rest of
+    its batch. Classes absent from training keep weight 1 (they never occur)."""
     counts = np.zeros(num_classes, np.int64)
     for image_id in dataset.ids:
         label = dataset.label(image_id)
         counts += np.bincount(label[label != 255].ravel(), minlength=num_classes)[:num_classes]
     present = counts > 0
     weights = np.ones(num_classes, np.float32)
-    weights[present] = counts.sum() / (present.sum() * counts[present])
+    weights[present] = np.minimum(counts.sum() / (present.sum() * counts[present]), BALANCED_CEILING)
     return weights
 
 

@@ -131,3 +131,19 @@ def test_the_main_job_writes_its_checkpoint_metrics_and_pictures(tmp_path, capsy
     assert config.fc6_kernel == (3 if pretrain else 7) and bool(config.init) == bool(pretrain)
     os.remove(out / "curves.png")
     assert main(["plot", str(out)]) == 0 and (out / "curves.png").stat().st_size > 10_000
+
+
+def test_balanced_weights_give_every_class_the_same_total_weight():
+    from minifcn.train import BALANCED_CEILING, class_weights
+
+    class Labels:  # three labels: class 0 on 90 pixels, class 1 on 9, class 2 on 1; class 3 absent; void ignored
+        ids = ["a"]
+
+        def label(self, image_id):
+            return np.array([0] * 90 + [1] * 9 + [2] * 1 + [255] * 40, np.uint8).reshape(10, 14)
+
+    w = class_weights(Labels(), 4)
+    counts = np.array([90, 9, 1])
+    np.testing.assert_allclose(w[:2], 100 / (3 * counts[:2]), rtol=1e-6)  # 1 / (K' f_c)
+    np.testing.assert_allclose(w[:2] * counts[:2], 100 / 3, rtol=1e-6)  # the same total for each class...
+    assert w[2] == BALANCED_CEILING < 100 / 3 and w[3] == 1  # ...up to the ceiling; an absent class keeps 1

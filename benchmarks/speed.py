@@ -3,8 +3,10 @@
     python benchmarks/speed.py [--backend numba] [--repeat 5]   (needs the 'crosscheck' extra)
 
 Sections:
-1. layers: the per-layer table of ``layers.py`` (forward and forward+backward);
-2. the small FCN-8s (width 0.125, fc 512, pad 100) SGD training step on a batch of 8 at 128x128;
+1. layers: the per-layer table of ``layers.py`` (forward and forward+backward, each library in a process
+   of its own), for the small net and the full one;
+2. the small FCN-8s (width 0.125, fc 512) SGD training step on a batch of 8 at 128x128, in pad 100 mode
+   (the paper's) and in pad32 mode (no 100-pixel pad: conv1 sees 128x128 instead of 326x326);
 3. the full FCN-8s forward on one 500x375 image, each library in its own fresh process, with
    that process's peak resident memory (gradients enabled, as in training);
 4. cold start: a fresh process with an empty Numba cache, from ``python`` to the end of the
@@ -42,7 +44,8 @@ if lib == "torch":
     sys.path.insert(0, sys.argv[4])
     from torch_reference import TorchFCN8s
     full = what == "full"
-    model = TorchFCN8s(21, (64, 128, 256, 512, 512) if full else (8, 16, 32, 64, 64), 4096 if full else 512)
+    model = TorchFCN8s(21, (64, 128, 256, 512, 512) if full else (8, 16, 32, 64, 64), 4096 if full else 512,
+                       "pad32" if what == "small32" else "pad100")
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     def run():
         if full:
@@ -57,7 +60,8 @@ else:
     from minifcn import Tensor, models, functional as F
     from minifcn.optim import SGD
     full = what == "full"
-    model = models.build("fcn8s", width=1.0 if full else 0.125, fc_width=4096 if full else 512)
+    model = models.build("fcn8s", width=1.0 if full else 0.125, fc_width=4096 if full else 512,
+                         input_mode="pad32" if what == "small32" else "pad100")
     opt = SGD(model.parameters(), 1e-3, 0.9)
     def run():
         if full:
@@ -96,7 +100,8 @@ def child(lib, what, threads, runs, env=None):
 def model_rows(args):
     """Sections 2 and 3: alternate the two libraries, each in fresh processes."""
     rows = []
-    for what, runs, label in (("small", args.repeat + 1, "small FCN-8s SGD step, batch 8 of 128²"),
+    for what, runs, label in (("small", args.repeat + 1, "small FCN-8s SGD step, batch 8 of 128², pad 100"),
+                              ("small32", args.repeat + 1, "small FCN-8s SGD step, batch 8 of 128², pad32"),
                               ("full", 3, "full FCN-8s forward, one 500×375 image")):
         mine, theirs = [], []
         for _ in range(args.processes):
@@ -164,7 +169,7 @@ def main():
     os.environ["MINIFCN_BACKEND"] = args.backend
     import layers  # noqa: E402  (reads MINIFCN_BACKEND through minifcn)
     if not args.skip_layers:
-        layers.main(["--repeat", str(args.repeat), "--threads", str(args.threads)])
+        layers.main(["--repeat", str(args.repeat), "--threads", str(args.threads), "--backend", args.backend])
     print(f"\nbackend {args.backend}; each row: medians over {args.processes} fresh processes per library\n")
     print("| model | minifcn s | PyTorch s | ratio | minifcn peak MB | PyTorch peak MB | memory ratio |")
     print("|---|---|---|---|---|---|---|")

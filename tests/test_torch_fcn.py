@@ -37,3 +37,21 @@ def test_pytorch_fcn8s_state_dict_gives_the_same_scores(size):
     with no_grad():
         ours = mine(Tensor(x)).data
     np.testing.assert_allclose(ours, ref(torch.tensor(x)).detach().numpy(), rtol=1e-9, atol=1e-9)
+
+
+def test_pad32_mode_gives_the_same_scores_as_pytorch_padded_the_same_way():
+    """minifcn's pad32 FCN-8s (conv1_1 pad 1, fc6 pad 3, upsamplers padded (k - s) / 2, crops at 0)."""
+    torch.manual_seed(1)
+    ref = TorchFCN8s(5, (4, 8, 16, 32, 32), 32, input_mode="pad32").double().eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.3)
+    mine = FCN8s(num_classes=5, width=1 / 16, fc_width=32, input_mode="pad32")
+    for p in mine.parameters():
+        p.data = p.data.astype(np.float64)
+    mine.load_state_dict({k: v.numpy() for k, v in ref.state_dict().items()})
+    mine.eval()
+    x = np.random.default_rng(1).standard_normal((2, 3, 64, 96))
+    with no_grad():
+        ours = mine(Tensor(x)).data
+    np.testing.assert_allclose(ours, ref(torch.tensor(x)).detach().numpy(), rtol=1e-9, atol=1e-9)

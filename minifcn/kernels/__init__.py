@@ -2,7 +2,10 @@
 
 - ``reference`` -- NumPy (or CuPy) array code that reads like the equations. It is the
   textbook and the oracle every fast kernel is tested against.
-- ``numba_cpu`` -- the same loops compiled by Numba, parallel over (image, channel).
+- ``numba_cpu`` -- the same loops compiled by Numba, parallel over (image, channel), and the
+  convolution by whichever route wins for its shape: the register tiles of ``numba_tiled``,
+  one BLAS call per kernel tap (``shifted_gemm``), strided convolutions over their phases
+  (``subpixel``), or im2col + BLAS.
 - ``cuda`` -- CUDA kernels through CuPy, one thread per output element.
 
 ``minifcn.backend`` picks one of them; an op a backend does not provide falls
@@ -24,8 +27,7 @@ The ops (all arrays, no Tensors; stride, padding and dilation are ints or pairs)
 Loss ops take z of shape (N, K, P) and t of shape (N, P) (int64). The three
 convolution ops may hold a large workspace (im2col columns);
 ``minifcn.workspace`` calls them on pieces that fit the workspace limit.
-A backend decides inside its own conv ops how to compute them (the Numba
-backend convolves thin layers directly, without im2col).
+A backend decides inside its own conv ops how to compute them.
 """
 
 OPS = ("conv2d", "conv2d_input_grad", "conv2d_weight_grad", "im2col", "col2im", "max_pool", "max_pool_backward",

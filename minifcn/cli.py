@@ -1,4 +1,4 @@
-"""The ``minifcn`` command: train, eval, predict, summary, data, demo."""
+"""The ``minifcn`` command: demo, train, pretrain, eval, predict, plot, summary, data, weights."""
 
 import argparse
 import dataclasses

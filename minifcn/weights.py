@@ -32,6 +32,7 @@ import zipfile
 import numpy as np
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+MAX_EXPANDED = 1 << 28  # elements a stride-0 (expanded) tensor may unfold to: a file cannot ask for more memory
 LEGACY_PROTOCOL = 1001
 
 STORAGE_DTYPES = {
@@ -74,12 +75,17 @@ class PendingTensor:
     def array(self):
         """``as_strided(storage[offset:], size, stride)``, copied into an array of its own."""
         data = self.storage.data()
+        if not all(isinstance(n, int) and n >= 0 for n in (self.offset, *self.size, *self.stride)):
+            raise ValueError(f"tensor of size {self.size}, stride {self.stride}, offset {self.offset}: not a layout")
         if 0 in self.size:
             return np.empty(self.size, dtype=data.dtype)
         last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
-        if self.offset < 0 or min(self.stride, default=0) < 0 or last >= len(data):
+        if last >= len(data):
             raise ValueError(f"tensor of size {self.size}, stride {self.stride} at offset {self.offset} "
                              f"reaches past its storage of {len(data)} elements")
+        if int(np.prod(self.size)) > max(len(data), MAX_EXPANDED):  # only stride-0 tensors reuse elements
+            raise ValueError(f"tensor of size {self.size} repeats its {len(data)} stored elements more than "
+                             f"{MAX_EXPANDED:,} times over")
         view = np.lib.stride_tricks.as_strided(data[self.offset:], self.size,
                                                [s * data.itemsize for s in self.stride], writeable=False)
         array = np.array(view, dtype=data.dtype.newbyteorder("="), order="C")  # native byte order
@@ -211,10 +217,11 @@ def _load_zip(path):
                 record = f"{prefix}data/{key}"
                 if record not in names:
                     raise ValueError(f"{path}: storage {key} is missing from the archive")
-                raw = archive.read(record)
-                if len(raw) != numel * s.dtype.itemsize:
-                    raise ValueError(f"{path}: storage {key} holds {len(raw)} bytes, expected "
+                size = archive.getinfo(record).file_size  # checked before reading: a record cannot inflate
+                if size != numel * s.dtype.itemsize:
+                    raise ValueError(f"{path}: storage {key} holds {size} bytes, expected "
                                      f"{numel} x {s.dtype.itemsize}")
+                raw = archive.read(record)
                 s.array = np.frombuffer(raw, dtype=s.dtype.newbyteorder(">" if big else "<"))
             return s
 
@@ -241,12 +248,15 @@ def _load_legacy(path):
 
         result = _Unpickler(f, path, storage).load()
         keys = _Unpickler(f, path).load()
+        end = os.fstat(f.fileno()).st_size
         for key in keys:  # the bytes follow in this order: int64 count, then the elements
             s = storages.get(str(key))
             head = f.read(8)
             if s is None or len(head) != 8:
                 raise ValueError(f"{path}: storage {key} is missing or truncated")
             numel = int(np.frombuffer(head, "<i8")[0])
+            if not 0 <= numel * s.dtype.itemsize <= end - f.tell():  # never allocate more than the file holds
+                raise ValueError(f"{path}: storage {key} claims {numel} elements, more than the file holds")
             raw = f.read(numel * s.dtype.itemsize)
             if len(raw) != numel * s.dtype.itemsize:
                 raise ValueError(f"{path}: storage {key} is truncated")
@@ -274,8 +284,10 @@ def load_pth(path):
                              f"re-save it with a recent torch.save")
         return _resolve(_load_legacy(path))
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, IndexError, TypeError, KeyError,
-            AttributeError, struct.error) as err:
+            AttributeError, struct.error, OverflowError, MemoryError) as err:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+    except ValueError as err:
+        raise err if path in str(err) else ValueError(f"{path}: {err}") from err
 
 
 def state_dict_of(checkpoint):

@@ -276,3 +276,31 @@ def test_caffe_preprocessing_is_bgr_minus_the_mean():
     assert np.array_equal(denormalize(x, "caffe"), image)
     with pytest.raises(ValueError, match="'bgr'"):
         normalize(image, "bgr")
+
+
+def test_a_legacy_file_claiming_more_elements_than_it_holds_is_refused_before_allocating(tmp_path):
+    torch = needs_torch()
+    path = tmp_path / "small.pth"
+    torch.save({"w": torch.zeros(3)}, path, _use_new_zipfile_serialization=False)
+    raw = bytearray(path.read_bytes())
+    count = raw.rfind((3).to_bytes(8, "little"))  # the storage's element count, just before its 12 bytes
+    raw[count:count + 8] = (10 ** 15).to_bytes(8, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="claims 1000000000000000 elements, more than the file holds"):
+        load_pth(path)
+
+
+def test_a_tensor_reaching_past_its_storage_is_refused_naming_the_file(tmp_path):
+    torch = needs_torch()
+    path = tmp_path / "bad.pth"
+    torch.save({"w": torch.zeros(4)}, path)
+    with zipfile.ZipFile(path) as z:
+        records = {n: z.read(n) for n in z.namelist()}
+    pkl = next(n for n in records if n.endswith("data.pkl"))
+    assert records[pkl].count(b"K\x04\x85") == 1  # the size tuple (4,): BININT1 4, TUPLE1
+    records[pkl] = records[pkl].replace(b"K\x04\x85", b"K\x64\x85")  # now (100,), over a storage of 4
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in records.items():
+            z.writestr(name, data)
+    with pytest.raises(ValueError, match=f"{path}.*reaches past its storage"):
+        load_pth(path)

@@ -8,7 +8,7 @@ import sys
 import time
 
 from . import models, weights
-from .data import VOC_CLASSES, VOCSegmentation, synthesize
+from .data import VOC_CLASSES, VOCSegmentation, synthesize, verify
 from .data.download import download
 from .data.synth import PAINTERS
 from .data.voc import read_image
@@ -65,6 +65,7 @@ def cmd_pretrain(args):
 def cmd_eval(args):
     config, model, _ = load_checkpoint(args.checkpoint)
     dataset = open_dataset(dataclasses.replace(config, data=args.data or config.data), args.split, args.subset)
+    verify(dataset, "evaluation")  # an empty split or a broken file: one line, not "pixel acc nan"
     result = evaluate(model, dataset, config.batch_size, config.num_classes, progress=True).scores()
     print(format_scores(result, dataset.classes))
     return result

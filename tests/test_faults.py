@@ -99,6 +99,12 @@ def test_an_empty_val_list_is_refused_instead_of_scoring_nan(data, tmp_path, cap
     assert code == 2 and "validation split is empty" in err
 
 
+def test_eval_on_an_empty_split_is_one_line(data, checkpoint, capsys):
+    (data / "ImageSets" / "Segmentation" / "empty.txt").write_text("")
+    code, err = run(capsys, "eval", "--checkpoint", checkpoint, "--data", data, "--split", "empty")
+    assert code == 2 and "evaluation split is empty" in err
+
+
 def test_an_unreadable_val_image_stops_the_run_before_the_first_step(data, tmp_path, capsys):
     val_id = (data / "ImageSets" / "Segmentation" / "val.txt").read_text().split()[0]
     (data / "JPEGImages" / f"{val_id}.jpg").write_bytes(b"this is not a jpeg")

@@ -104,7 +104,7 @@ def main(argv=None):
     init, pretrain_minutes = None, 0.0
     if not args.scratch:
         config = PretrainConfig(data=data, out=os.path.join(args.out, "pretrained", "classifier"), width=args.width,
-                                fc_width=args.fc_width, crop=args.pretrain_crop, scale=(1.0, 1.5),
+                                fc_width=args.fc_width, crop=args.pretrain_crop, scale=(1.5, 2.5),
                                 epochs=args.pretrain_epochs, lr=args.lr, seed=args.seed)
         _, history = pretrain(config, log=print)
         init, pretrain_minutes = os.path.join(config.out, "classifier.npz"), history[-1]["seconds"] / 60

@@ -14,7 +14,8 @@ Variants (each writes its own results file):
     python benchmarks/siftflow.py --pretrain      # the paper's recipe: a classifier on crops of the
                                                   # training photos first, convolutionalized
     python benchmarks/siftflow.py --balanced      # loss weighted by inverse class frequency (Farabet's
-                                                  # "balanced"): rare classes count as much as sky
+                                                  # "balanced"): rare classes count as much as sky;
+                                                  # with --pretrain too: results/siftflow-pretrained-balanced
 The best of these, by the issue's goals, is also written as results/siftflow.json and siftflow.png.
 """
 
@@ -44,7 +45,8 @@ FROM_SCRATCH = {  # convnets trained from scratch on this split, FCN paper Table
 
 
 def variant(args):
-    return "pretrained" if args.pretrain else "balanced" if args.balanced else "scratch"
+    """scratch, pretrained, scratch-balanced or pretrained-balanced: each variant has its own folder and file."""
+    return ("pretrained" if args.pretrain else "scratch") + ("-balanced" if args.balanced else "")
 
 
 def stages(args, init=None):
@@ -54,7 +56,7 @@ def stages(args, init=None):
                        train_split="trainval", val_split="test", val_every=0, seed=args.seed,
                        class_weights="balanced" if args.balanced else None, init=init,
                        fc6_kernel=args.pretrain_crop // 32 if init else 7)
-    root = os.path.join(args.out, variant(args))
+    root = os.path.join(args.out, variant(args))  # the classifier lives in <out>/pretrained/classifier
     later = dict(epochs=args.later_epochs, lr=args.lr / 2, init=None)
     return [stage(base, root, "fcn32s", model="fcn32s"),
             stage(base, root, "fcn16s", "fcn32s", model="fcn16s", **later),
@@ -126,7 +128,7 @@ def publish_best(results_dir):
     """siftflow.json/.png: the variant whose FCN-8s meets more of the goals (pixel acc >= 77.7 and mean acc >= 29.8,
     Pinheiro & Collobert's row), ties going to the higher mean IU."""
     runs = {}
-    for name in ("scratch", "pretrained", "balanced"):
+    for name in ("scratch", "pretrained", "scratch-balanced", "pretrained-balanced"):
         path = os.path.join(results_dir, f"siftflow-{name}.json")
         if os.path.exists(path):
             with open(path) as f:

@@ -120,7 +120,8 @@ def main(argv=None):
     for stage_name, r in results.items():
         print(f"{stage_name:14} pixel acc {100 * r['pixel_acc']:.1f}  mean acc {100 * r['mean_acc']:.1f}  "
               f"mean IU {100 * r['mean_iu']:.1f}  f.w. IU {100 * r['fw_iu']:.1f}  ({r['train_seconds'] / 60:.1f} min)")
-    print(f"{record['train_minutes_total']:.1f} min of training in all; {record['this_run_minutes']:.1f} min for this run")
+    print(f"{record['train_minutes_total']:.1f} min of training in all; "
+          f"{record['this_run_minutes']:.1f} min for this run")
     publish_best(args.results)
 
 
@@ -142,7 +143,8 @@ def publish_best(results_dir):
 
     best = max(runs, key=merit)
     for ext in ("json", "png"):
-        shutil.copyfile(os.path.join(results_dir, f"siftflow-{best}.{ext}"), os.path.join(results_dir, f"siftflow.{ext}"))
+        shutil.copyfile(os.path.join(results_dir, f"siftflow-{best}.{ext}"),
+                        os.path.join(results_dir, f"siftflow.{ext}"))
     print(f"siftflow.json is the {best} run")
 
 

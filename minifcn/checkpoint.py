@@ -108,9 +108,6 @@ def initialize(model, path):
     return copied, sorted(set(own) - set(copied))
 
 
-# --- the loops -------------------------------------------------------------------------------------------
-
-
 def load_classifier(config, state):
     """The VGGClassifier a pre-training checkpoint holds."""
     classifier = VGGClassifier(config.num_classes, config.width, config.fc_width, config.crop, config.seed)

@@ -98,7 +98,8 @@ def cmd_summary(args):
                          input_mode=args.input_mode)
     s = models.summary(model, tuple(args.size))
     print(f"{s['model']}: {s['parameters']:,} parameters, {s['conv_layers']} conv layers, receptive field "
-          f"{s['receptive_field']}, max stride {s['max_stride']}, coarse map {s['coarse_size']} for input {tuple(args.size)}")
+          f"{s['receptive_field']}, max stride {s['max_stride']}, coarse map {s['coarse_size']} "
+          f"for input {tuple(args.size)}")
 
 
 def cmd_data(args):
@@ -191,7 +192,8 @@ def cmd_demo(args):
 
 def cmd_plot(args):
     path = os.path.join(args.run, "curves.png")
-    print(f"wrote {training_curves(os.path.join(args.run, 'metrics.jsonl'), path, os.path.basename(args.run.rstrip(os.sep)))}")
+    title = os.path.basename(args.run.rstrip(os.sep))
+    print(f"wrote {training_curves(os.path.join(args.run, 'metrics.jsonl'), path, title)}")
 
 
 def parser():

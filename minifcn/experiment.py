@@ -139,7 +139,7 @@ def _run_in_processes(chosen, folders, jobs, band_width, exclude_absent, log):
                 if future.exception() is not None:
                     log(f"{s.name} failed; waiting for {[r.name for r, _ in running.values()] or 'nothing'} to "
                         f"finish (Ctrl-C stops them; their checkpoints are kept)")
-                    for other, other_pool in running.values():
+                    for _, other_pool in running.values():
                         other_pool.shutdown()
                 results[s.name] = future.result()  # a worker's error is raised here
     finally:

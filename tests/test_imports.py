@@ -29,7 +29,8 @@ def imports_of(name, path, known):
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
             for alias in node.names:  # "from pkg import sub" imports the submodule, else the module itself
                 target = f"{base}.{alias.name}"
                 found.add(target if target in known else base)

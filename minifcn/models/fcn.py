@@ -105,8 +105,8 @@ class FCN(Backbone):
                 expected = (want[0], int(np.prod(want[1:]))) if fully_connected else want
                 if value.shape != expected:
                     raise ValueError(f"{key} has shape {value.shape}, but this model's {target}.{part} needs "
-                                     f"{expected} (width {self.config['width']}, fc_width {self.config['fc_width']}); a full "
-                                     f"VGG16 needs width=1.0, fc_width=4096")
+                                     f"{expected} (width {self.config['width']}, fc_width "
+                                     f"{self.config['fc_width']}); a full VGG16 needs width=1.0, fc_width=4096")
                 mapped[f"{target}.{part}"] = value.reshape(want)  # fc6/fc7: a fully connected row is a k x k filter
         self.load_state_dict(mapped, strict=False)
         for name, module in self._modules.items():

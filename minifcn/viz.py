@@ -21,6 +21,26 @@ def overlay(image, label, alpha=0.5):
     return mixed.astype(np.uint8)
 
 
+def panel(rows, gap=4, scale=2):
+    """A grid image from rows of equally tall uint8 RGB tiles, enlarged ``scale`` times (nearest)."""
+    height = max(tile.shape[0] for row in rows for tile in row)
+    lines = []
+    for row in rows:
+        tiles = []
+        for tile in row:
+            padded = np.full((height, tile.shape[1], 3), 255, np.uint8)
+            padded[:tile.shape[0]] = tile
+            tiles += [padded, np.full((height, gap, 3), 255, np.uint8)]
+        lines.append(np.concatenate(tiles[:-1], axis=1))
+    width = max(line.shape[1] for line in lines)
+    out = []
+    for line in lines:
+        out += [np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255),
+                np.full((gap, width, 3), 255, np.uint8)]
+    grid = np.concatenate(out[:-1], axis=0)
+    return np.asarray(Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST))
+
+
 def save_png(path, rgb):
     Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(path)
 

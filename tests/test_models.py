@@ -53,6 +53,17 @@ def test_upsamplers_are_bilinear_per_class_and_can_be_frozen():
     assert fixed.upscore.weight.grad is None and fixed.score_fr.weight.grad is not None
 
 
+@pytest.mark.parametrize("cls", [FCN32s, FCN16s, FCN8s])
+def test_positional_arguments_keep_their_order(cls):
+    """num_classes, width, fc_width, input_mode, learnable, seed: the order callers have used since 0.1."""
+    m = cls(5, 0.0625, 32, "pad32", False, 3)
+    assert m.config == cls(num_classes=5, width=0.0625, fc_width=32, input_mode="pad32", learnable=False,
+                           seed=3).config
+    assert m.score_fr.weight.shape[0] == 5 and m.fc7.weight.shape[0] == 32 and m.input_mode == "pad32"
+    assert m.upsampling == "fixed" and np.array_equal(m.conv1_1.weight.data, cls(5, 0.0625, 32, "pad32", False,
+                                                                                   3).conv1_1.weight.data)
+
+
 def test_staged_training_copies_what_carries_over():
     m32 = FCN32s(seed=1, **TINY)
     m32.score_fr.weight.data[:] = 0.5

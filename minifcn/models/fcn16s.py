@@ -5,8 +5,8 @@ from .geometry import crop_offset
 
 
 class FCN16s(FCN):
-    def __init__(self, **config):  # see FCN
-        super().__init__(**config)
+    def __init__(self, *args, **config):  # FCN's arguments, positional as before or by name
+        super().__init__(*args, **config)
         self.score_pool4 = self.score_layer(self.conv4_3.weight.shape[0])
         self.upscore2 = self.upsampler(4, 2)
         self.upscore16 = self.upsampler(32, 16, final=True)

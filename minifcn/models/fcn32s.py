@@ -4,8 +4,8 @@ from .fcn import FCN
 
 
 class FCN32s(FCN):
-    def __init__(self, **config):  # see FCN
-        super().__init__(**config)
+    def __init__(self, *args, **config):  # FCN's arguments, positional as before or by name
+        super().__init__(*args, **config)
         self.upscore = self.upsampler(64, 32, final=True)
         self.offset = self.final_offset("score_fr", "upscore")  # 19 with pad 100
 

@@ -5,8 +5,8 @@ from .geometry import crop_offset
 
 
 class FCN8s(FCN):
-    def __init__(self, **config):  # see FCN
-        super().__init__(**config)
+    def __init__(self, *args, **config):  # FCN's arguments, positional as before or by name
+        super().__init__(*args, **config)
         self.score_pool3 = self.score_layer(self.conv3_3.weight.shape[0])  # registration order as in pytorch-fcn
         self.score_pool4 = self.score_layer(self.conv4_3.weight.shape[0])
         self.upscore2 = self.upsampler(4, 2)

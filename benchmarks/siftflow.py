@@ -116,7 +116,7 @@ def main(argv=None):
     examples = sorted(set(np.linspace(0, len(test) - 1, 5).astype(int).tolist()))  # 0, 49, ... 199 on the real set
     prediction_grid(stage_predictions(shown, test, examples), ["FCN-32s", "FCN-16s", "FCN-8s"],
                     os.path.join(args.results, f"{name}.png"),
-                    f"SIFT Flow test photos ({variant(args)}): FCN-32s, 16s, 8s")
+                    f"SIFT Flow test photos ({variant(args)}): FCN-32s, 16s, 8s", SIFTFLOW_CLASSES)
     for stage_name, r in results.items():
         print(f"{stage_name:14} pixel acc {100 * r['pixel_acc']:.1f}  mean acc {100 * r['mean_acc']:.1f}  "
               f"mean IU {100 * r['mean_iu']:.1f}  f.w. IU {100 * r['fw_iu']:.1f}  ({r['train_seconds'] / 60:.1f} min)")

@@ -128,7 +128,7 @@ def main(argv=None):
     save_predictions(os.path.join(args.results, "table2_predictions.npz"), rows)  # redrawn by tutorial 06
     prediction_grid(rows, ["FCN-32s", "FCN-16s", "FCN-8s"],
                     os.path.join(args.results, "table2.png"),
-                    f"Real VOC outlines, painted ({args.style}): FCN-32s, 16s, 8s on val images")
+                    f"Real VOC outlines, painted ({args.style}): FCN-32s, 16s, 8s on val images", VOC_CLASSES)
     print(table(results))
 
 

@@ -45,21 +45,43 @@ def save_png(path, rgb):
     Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(path)
 
 
-def prediction_grid(rows, names, path, title=None):
+def prediction_grid(rows, names, path, title=None, class_names=None):
     """A titled figure: one row per image -- photo, each model's prediction (in ``names`` order), truth.
 
     ``rows``: (image, label, {name: prediction}) triples, as ``experiment.stage_predictions`` makes.
+    With ``class_names``, a legend names the colour of every class the figure shows.
     """
     import matplotlib.pyplot as plt  # imported here: the rest of minifcn does not need matplotlib
 
-    fig, axes = plt.subplots(len(rows), len(names) + 2, figsize=(2.2 * (len(names) + 2), 2.0 * len(rows)),
+    fig, axes = plt.subplots(len(rows), len(names) + 2, figsize=(2.2 * (len(names) + 2), 2.0 * len(rows) + 0.6),
                              squeeze=False)
     draw_predictions(axes, rows, names)
     if title:
         fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
+    bottom = 0
+    if class_names is not None:
+        shown = [label for _, label, preds in rows for label in (label, *preds.values())]
+        bottom = class_legend(fig, shown, class_names, columns=len(names) + 3)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return path
+
+
+def class_legend(fig, label_maps, class_names, columns=4):
+    """A legend under ``fig`` of the classes that occur in ``label_maps``, in their ``colorize`` colours.
+
+    Returns the fraction of the figure's height it takes (for ``tight_layout(rect=...)``).
+    """
+    from matplotlib.patches import Patch
+
+    shown = sorted(set().union(*(np.unique(m).tolist() for m in label_maps)) - {IGNORE})
+    colours = voc_colormap()
+    handles = [Patch(color=colours[k] / 255, label=class_names[k]) for k in shown]
+    handles.append(Patch(color=np.array((224, 224, 192)) / 255, label="void (ignored)"))
+    fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=9, frameon=False)
+    rows = -(-len(handles) // columns)
+    return min(0.4, (0.3 + 0.22 * rows) / fig.get_figheight())
 
 
 def draw_predictions(axes, rows, names, fontsize=11):
@@ -114,10 +136,8 @@ def training_curves(log_path, path, title=None):
 def segmentation_figure(rows, class_names, path, title=None):
     """Rows of (image, truth, prediction) with a legend of the classes shown, in VOC colours."""
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     fig, axes = plt.subplots(len(rows), 3, figsize=(7.2, 2.4 * len(rows) + 0.8), squeeze=False)
-    shown = set()
     for r, (image, truth, pred) in enumerate(rows):
         for c, (tile, name) in enumerate(((image, "image"), (colorize(truth), "ground truth"),
                                           (colorize(pred), "prediction"))):
@@ -125,14 +145,10 @@ def segmentation_figure(rows, class_names, path, title=None):
             axes[r][c].set_xticks([]), axes[r][c].set_yticks([])
             if r == 0:
                 axes[r][c].set_title(name)
-        shown |= set(np.unique(truth).tolist()) | set(np.unique(pred).tolist())
-    colours = voc_colormap()
-    handles = [Patch(color=colours[k] / 255, label=class_names[k]) for k in sorted(shown - {IGNORE})]
-    handles.append(Patch(color=np.array((224, 224, 192)) / 255, label="void (ignored)"))
-    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=9, frameon=False)
+    bottom = class_legend(fig, [m for _, truth, pred in rows for m in (truth, pred)], class_names)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(handles) > 4), 1, 1))
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -25,3 +25,24 @@ def test_colorize_draws_void_in_cream():
     rgb = colorize(np.array([[0, 1], [255, 15]], np.uint8))
     assert tuple(rgb[1, 0]) == (224, 224, 192) and tuple(rgb[0, 0]) == (0, 0, 0)
     assert len({tuple(v) for v in rgb.reshape(-1, 3)}) == 4
+
+
+def test_the_legend_names_exactly_the_classes_shown_in_their_colours():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from minifcn.data import SIFTFLOW_CLASSES
+    from minifcn.viz import class_legend
+
+    fig = plt.figure(figsize=(6, 4))
+    truth, pred = np.array([[3, 3], [255, 17]]), np.array([[3, 0], [17, 17]])
+    share = class_legend(fig, [truth, pred], SIFTFLOW_CLASSES, columns=2)
+    legend = fig.legends[0]
+    names = [t.get_text() for t in legend.get_texts()]
+    assert names == [SIFTFLOW_CLASSES[0], SIFTFLOW_CLASSES[3], SIFTFLOW_CLASSES[17], "void (ignored)"]
+    patches = legend.get_patches()
+    for patch, k in zip(patches, (0, 3, 17)):
+        assert np.allclose(patch.get_facecolor()[:3], colorize(np.array([k]))[0] / 255)
+    assert 0 < share < 0.4
+    plt.close(fig)

@@ -12,7 +12,7 @@ Sections:
 4. cold start: a fresh process with an empty Numba cache, from ``python`` to the end of the
    first training step (import and kernel compilation included);
 5. (numba) the route table: every 3x3 layer of the small net through the register-tiled kernels and
-   through im2col + BLAS, and the route minifcn chooses.
+   through the shifted GEMM (a BLAS product per kernel tap), and the route minifcn chooses.
 A ratio is minifcn / PyTorch: below 1 means minifcn is faster or smaller.
 """
 
@@ -129,8 +129,9 @@ SMALL_NET_LAYERS = [  # (name, in, out, size at batch 8 of 128^2): pad100 sizes,
 
 
 def route_rows(repeat):
-    """Section 5: every 3x3 layer of the small FCN-8s through Numba's register tiles and through im2col +
-    BLAS, fwd+bwd, both in this process, alternating; the last column is the route minifcn picks."""
+    """Section 5: every 3x3 layer of the small FCN-8s through Numba's register tiles and through the shifted
+    GEMM (one BLAS product per kernel tap), fwd+bwd, both in this process, alternating; the last column is
+    the route minifcn picks for the forward pass."""
     import minifcn
     from minifcn import Tensor, functional as F
     from minifcn.conv_arithmetic import conv_geometry
@@ -143,13 +144,15 @@ def route_rows(repeat):
         def step():
             y = F.conv2d(x, w, padding=1)
             y.backward(y.data)
-        times = {"tiled": [], "gemm": []}
+        times = {"tiled": [], "shifted": []}
         for _ in range(repeat + 1):
             for route in times:
                 numba_cpu.ROUTE = route
-                t = time.perf_counter(); step(); times[route].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                step()
+                times[route].append(time.perf_counter() - t)
         numba_cpu.ROUTE = None
-        a, b = np.median(times["tiled"][1:]), np.median(times["gemm"][1:])
+        a, b = np.median(times["tiled"][1:]), np.median(times["shifted"][1:])
         flops = 3 * 2 * 8 * cin * cout * 9 * size * size  # forward, input and weight gradient
         chosen = numba_cpu.route(conv_geometry((8, cin, size, size), 3, 1, 1), cin, cout)
         rows.append(f"| {name} {cin}→{cout} at {size}² | {a * 1e3:.0f} ms ({flops / a / 1e9:.0f} GF/s) | "
@@ -176,8 +179,8 @@ def main():
     for row in model_rows(args):
         print(row, flush=True)
     if args.backend == "numba":
-        print("\n| small-net layer, batch 8, fwd+bwd (numba) | register tiles | im2col + BLAS | ratio | "
-              "route chosen |\n|---|---|---|---|---|")
+        print("\n| small-net layer, batch 8, fwd+bwd (numba) | register tiles | shifted GEMM | ratio | "
+              "route chosen (forward) |\n|---|---|---|---|---|")
         for row in route_rows(args.repeat):
             print(row, flush=True)
         wall, step = cold_start(args)

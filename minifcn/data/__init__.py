@@ -5,5 +5,5 @@ from .synth import synthesize
 from .transforms import augment, batches, collate, denormalize, normalize
 from .voc import IGNORE, VOC_CLASSES, VOCSegmentation, read_label, verify, voc_colormap, write_label
 
-__all__ = ["VOCSegmentation", "SIFTFlow", "SIFTFLOW_CLASSES", "VOC_CLASSES", "IGNORE", "voc_colormap", "read_label", "write_label",
-           "synthesize", "normalize", "denormalize", "augment", "collate", "batches", "verify"]
+__all__ = ["VOCSegmentation", "SIFTFlow", "SIFTFLOW_CLASSES", "VOC_CLASSES", "IGNORE", "voc_colormap", "read_label",
+           "write_label", "synthesize", "normalize", "denormalize", "augment", "collate", "batches", "verify"]

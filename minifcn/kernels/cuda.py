@@ -116,7 +116,8 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
 
 
 def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (OH, OW) = conv_geometry(input_shape, kernel_size, stride, padding, dilation)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (OH, OW) = conv_geometry(input_shape, kernel_size, stride, padding,
+                                                                     dilation)
     N, C, H, W = input_shape
     if cols.shape != (N, C * kh * kw, OH * OW):
         raise ValueError(f"cols of shape {cols.shape} do not fit input shape {tuple(input_shape)}")

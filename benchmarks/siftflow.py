@@ -31,7 +31,7 @@ import numpy as np
 
 from minifcn.config import PretrainConfig
 from minifcn.data import SIFTFLOW_CLASSES, SIFTFlow
-from minifcn.experiment import run_stages, stage, stage_predictions
+from minifcn.experiment import run_stages, save_predictions, stage, stage_predictions
 from minifcn.pretrain import pretrain
 from minifcn.train import TrainConfig
 from minifcn.viz import prediction_grid
@@ -114,7 +114,9 @@ def main(argv=None):
     test = SIFTFlow(ROOT, "test", args.size)
     shown = [s for s in plan if s.name in ("fcn32s", "fcn16s", "fcn8s")]
     examples = sorted(set(np.linspace(0, len(test) - 1, 5).astype(int).tolist()))  # 0, 49, ... 199 on the real set
-    prediction_grid(stage_predictions(shown, test, examples), ["FCN-32s", "FCN-16s", "FCN-8s"],
+    rows = stage_predictions(shown, test, examples)
+    save_predictions(os.path.join(args.results, f"{name}_predictions.npz"), rows)  # the figure, redrawable
+    prediction_grid(rows, ["FCN-32s", "FCN-16s", "FCN-8s"],
                     os.path.join(args.results, f"{name}.png"),
                     f"SIFT Flow test photos ({variant(args)}): FCN-32s, 16s, 8s", SIFTFLOW_CLASSES)
     for stage_name, r in results.items():
@@ -142,9 +144,10 @@ def publish_best(results_dir):
         return (100 * r["pixel_acc"] >= 77.7) + (100 * r["mean_acc"] >= 29.8), r["mean_iu"]
 
     best = max(runs, key=merit)
-    for ext in ("json", "png"):
-        shutil.copyfile(os.path.join(results_dir, f"siftflow-{best}.{ext}"),
-                        os.path.join(results_dir, f"siftflow.{ext}"))
+    for ext in (".json", ".png", "_predictions.npz"):
+        if os.path.exists(os.path.join(results_dir, f"siftflow-{best}{ext}")):
+            shutil.copyfile(os.path.join(results_dir, f"siftflow-{best}{ext}"),
+                            os.path.join(results_dir, f"siftflow{ext}"))
     print(f"siftflow.json is the {best} run")
 
 

@@ -34,6 +34,7 @@ def test_siftflow_script_pretrains_stages_and_publishes(tmp_path, monkeypatch):
     assert len(fcn8s["class_iu"]) == 33 and "boundary" in fcn8s
     assert record["train_minutes_total"] >= record["pretrain_minutes"] > 0
     assert (results / "siftflow-pretrained.png").stat().st_size > 10_000
+    assert (results / "siftflow_predictions.npz").stat().st_size > 0  # published beside the figure
 
 
 @pytest.mark.slow

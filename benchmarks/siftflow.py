@@ -71,7 +71,9 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=128, help="images and labels are resized to size x size")
     p.add_argument("--width", type=float, default=0.125)
     p.add_argument("--fc-width", type=int, default=512)
-    p.add_argument("--epochs", type=int, default=8, help="epochs of the FCN-32s stage")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of the FCN-32s stage (default 11 from random weights, 8 after --pretrain, whose "
+                        "classifier takes about as long as 3 epochs: the same budget for both)")
     p.add_argument("--later-epochs", type=int, default=3, help="epochs of the 16s and 8s stages")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's rate (halved for the 16s and 8s stages)")
     p.add_argument("--crop", type=int, default=None, help="train on random crops of this size")
@@ -83,6 +85,8 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="stages trained at once, one process each")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = 8 if args.pretrain else 11
     if not os.path.isdir(ROOT):
         sys.exit(f"SIFT Flow not found at {ROOT}; set MINIFCN_SIFTFLOW to a folder with images/, labels/, "
                  f"trainval.txt and test.txt")

@@ -50,3 +50,20 @@ def test_table2_script_runs_every_row(tmp_path, monkeypatch):
     frozen = json.loads((tmp_path / "runs" / "pretrained" / "fcn32s-fixed" / "config.json").read_text())
     assert frozen["freeze_body"] and frozen["init"].endswith("classifier.npz")
     assert (results / "table2_predictions.npz").exists()
+
+
+def test_the_published_siftflow_run_must_reach_both_numbers_of_the_goal_row(tmp_path, monkeypatch):
+    siftflow = script("siftflow", monkeypatch)
+
+    def write(variant, pixel_acc, mean_acc, mean_iu):
+        record = {"results": {"fcn8s": {"pixel_acc": pixel_acc, "mean_acc": mean_acc, "mean_iu": mean_iu}}}
+        (tmp_path / f"siftflow-{variant}.json").write_text(json.dumps(record))
+        (tmp_path / f"siftflow-{variant}.png").write_bytes(variant.encode())
+
+    write("scratch", 0.745, 0.227, 0.169)
+    write("pretrained-balanced", 0.523, 0.307, 0.140)  # reaches the mean accuracy alone, at 52 % pixel accuracy
+    siftflow.publish_best(str(tmp_path))
+    assert (tmp_path / "siftflow.png").read_bytes() == b"scratch"
+    write("pretrained", 0.80, 0.30, 0.10)  # both numbers of the row: published, even at a lower mean IU
+    siftflow.publish_best(str(tmp_path))
+    assert (tmp_path / "siftflow.png").read_bytes() == b"pretrained"

@@ -127,16 +127,24 @@ def test_an_out_inside_a_file_fails_at_once(data, tmp_path, capsys):
     assert code == 2 and "is not a writable folder" in err
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write into read-only folders")
-def test_a_read_only_out_fails_at_once(data, tmp_path, capsys):
+def test_a_read_only_out_fails_at_once(data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "locked"
     out.mkdir()
     out.chmod(0o500)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # root writes through permission bits: refuse as for anyone
+        real_open = open
+
+        def guarded(file, mode="r", *args, **kwargs):
+            if any(c in mode for c in "wax+") and os.path.abspath(file).startswith(str(out)):
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, mode, *args, **kwargs)
+        monkeypatch.setattr("builtins.open", guarded)
     try:
         code, err = run(capsys, *train_args(data, out))
     finally:
         out.chmod(0o700)
-    assert code == 2 and "is not a writable folder" in err
+    assert code == 2 and "is not a writable folder" in err and "Permission denied" in err
+    assert os.listdir(out) == []
 
 
 # --- never destroy a finished run -----------------------------------------------------------------------

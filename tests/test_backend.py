@@ -139,3 +139,33 @@ def test_idle_openmp_threads_sleep_unless_the_user_says_otherwise(given):
     out = subprocess.run([sys.executable, "-c", "import os, minifcn; print(os.environ['OMP_WAIT_POLICY'])"],
                          capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == (given or "PASSIVE")
+
+
+FRESH_OR_CACHED = """
+import hashlib, numpy as np, minifcn
+from minifcn import functional as F, Tensor
+minifcn.set_backend("numba")
+rng = np.random.default_rng(0)
+digest = hashlib.sha256()
+for cin, cout, size in ((3, 8, 64), (8, 16, 32), (16, 16, 48)):  # sizes the register tiles take
+    x = Tensor(rng.standard_normal((2, cin, size, size)).astype(np.float32), requires_grad=True)
+    w = Tensor(rng.standard_normal((cout, cin, 3, 3)).astype(np.float32), requires_grad=True)
+    y = F.conv2d(x, w, padding=1)
+    y.backward(np.asarray(rng.standard_normal(y.shape), np.float32))
+    for a in (y.data, x.grad, w.grad):
+        digest.update(np.ascontiguousarray(a).tobytes())
+print(digest.hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compiled_now_and_kernels_from_the_disk_cache_compute_the_same_bits(tmp_path):
+    """A run cut off in the process that compiled the kernels resumes in one that loads them from Numba's
+    cache: for the resume to be bit-for-bit, both must give the same bits (with every fastmath flag on, the
+    tiles' weight gradient did not)."""
+    pytest.importorskip("numba")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache"), "MINIFCN_BACKEND": "numba"}
+    runs = [subprocess.run([sys.executable, "-c", FRESH_OR_CACHED], env=env, capture_output=True, text=True,
+                           check=True).stdout.strip() for _ in range(2)]
+    assert any((tmp_path / "numba-cache").rglob("*.nbi")), "the first run should have filled the cache"
+    assert runs[0] == runs[1]

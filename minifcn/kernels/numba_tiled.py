@@ -100,7 +100,10 @@ def _forward(xp, packed, dh, dw, out):
                     out[n, block * TILE_CHANNELS + o, y, x0 + p] = acc[o * TILE_PIXELS + p]
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+# Fused multiply-adds and reordered sums, but not every fastmath flag: with all of them, this kernel computed
+# other bits when loaded from Numba's disk cache than when just compiled, so a run resumed in a new process
+# drifted from the run that never stopped (tests/test_backend.py checks both ways agree).
+@njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})
 def _weight_grad_3x3(xp, gp, dh, dw, out):
     """out[o, c, i, j] = sum_{n,y,x} gp[n, o, y, x] xp[n, c, y + i*dh, x + j*dw] for a 3x3 kernel."""
     N, C = xp.shape[0], xp.shape[1]

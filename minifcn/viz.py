@@ -60,8 +60,8 @@ def prediction_grid(rows, names, path, title=None, class_names=None):
         fig.suptitle(title, fontsize=12)
     bottom = 0
     if class_names is not None:
-        shown = [label for _, label, preds in rows for label in (label, *preds.values())]
-        bottom = class_legend(fig, shown, class_names, columns=len(names) + 3)
+        maps = [m for _, truth, preds in rows for m in (truth, *preds.values())]
+        bottom = class_legend(fig, maps, class_names, columns=len(names) + 3)
     fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)

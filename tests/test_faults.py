@@ -334,13 +334,19 @@ def _train_command(data, out):
             "--epochs", "20", "--resume"]
 
 
+def _ctrl_c_as_in_a_terminal():
+    """A shell starts its background jobs with SIGINT ignored, and Python then installs no Ctrl-C handler;
+    a user's run in a terminal has one. (Runs in the child, before it starts Python.)"""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_a_signal_mid_run_then_resume_equals_a_run_that_never_stopped(data, tmp_path, sig):
     env = {**os.environ, "MINIFCN_BACKEND": "numpy"}  # no compile time: the signal lands mid-training
     subprocess.run(_train_command(data, tmp_path / "straight"), check=True, env=env, capture_output=True)
     process = subprocess.Popen(_train_command(data, tmp_path / "broken"), env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+                               stderr=subprocess.PIPE, preexec_fn=_ctrl_c_as_in_a_terminal)
     ckpt = tmp_path / "broken" / "checkpoint.npz"
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:  # wait for a checkpoint past step 2, then strike

@@ -147,11 +147,16 @@ def cmd_weights(args):
           f"fc {config.fc_width}, {config.preprocess} preprocessing (from {weights.kind_of(state)} weights)")
 
 
+def demo_data(args):
+    """Where the demo writes (and then finds) its generated dataset."""
+    return os.path.join(args.out, "data")
+
+
 def demo_config(args, init=None):
     """The demo's recipe, chosen by measurement (README, "What the main job prints"): pad32 (no 100-px
     pad), Adam with warm-up, 64-px crops in batches of 16, 3,000 generated images; with --pretrain, from
     the classifier (fc6 3 x 3)."""
-    return TrainConfig(data=os.path.join(args.out, "data"), out=args.out, model="fcn8s", width=0.125, fc_width=512,
+    return TrainConfig(data=demo_data(args), out=args.out, model="fcn8s", width=0.125, fc_width=512,
                        input_mode="pad32", optimizer="adam", lr=args.lr, warmup_steps=100, epochs=args.epochs,
                        batch_size=16, crop=64, checkpoint_every=50, init=init, fc6_kernel=3 if init else 7)
 
@@ -159,7 +164,7 @@ def demo_config(args, init=None):
 def demo_pretrain_config(args):
     """The classifier of --pretrain: 96-px crops of the images enlarged 1.25-2x (a 96-px image gives few
     crops otherwise), so fc6 becomes a 3 x 3 convolution."""
-    return PretrainConfig(data=os.path.join(args.out, "data"), out=os.path.join(args.out, "classifier"), width=0.125,
+    return PretrainConfig(data=demo_data(args), out=os.path.join(args.out, "classifier"), width=0.125,
                           fc_width=512, crop=96, scale=(1.25, 2.0), crops_per_image=2, epochs=args.pretrain_epochs,
                           batch_size=32, lr=1e-3, warmup_steps=50)
 
@@ -167,7 +172,7 @@ def demo_pretrain_config(args):
 def cmd_demo(args):
     """The main job: synthetic data -> train a small FCN-8s -> evaluate -> pictures of predictions and curves."""
     start = time.time()
-    data = os.path.join(args.out, "data")
+    data = demo_data(args)
     if not os.path.exists(os.path.join(data, "ImageSets")):
         synthesize(data, args.train, args.val, args.size, seed=0)
     init = None

@@ -131,6 +131,29 @@ def _prepare_out(config, resume, overwrite, ckpt_path, log_path):
         os.remove(log_path)  # a new run: its log starts empty
 
 
+def _agree_with_checkpoint(log_path, last):
+    """Keep the log's lines up to ``last`` (the step of the checkpoint's newest logged epoch, 0 if none).
+
+    An epoch's line is appended before the checkpoint that marks it logged is written; a kill between the
+    two (or in the middle of the line) would otherwise leave it, or half of it, to be written again."""
+    if not os.path.exists(log_path):
+        return
+    kept = []
+    with open(log_path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                break  # a half-written last line
+            if record["step"] > last:
+                break
+            kept.append(line if line.endswith("\n") else line + "\n")
+    scratch = log_path + ".tmp"
+    with open(scratch, "w") as f:
+        f.writelines(kept)
+    os.replace(scratch, log_path)
+
+
 def _check_resumable(stored, config, ckpt_path):
     """A checkpoint continues only the run it came from: the same net, widths and optimiser."""
     fields = ("model", "width", "fc_width", "num_classes", "input_mode", "optimizer", "upsampling", "freeze_body",
@@ -149,7 +172,8 @@ def train(config, resume=False, max_steps=None, progress=True, log=print, overwr
     and proven writable; an --out holding a checkpoint needs ``resume`` (continue it) or ``overwrite``.
     A checkpoint is written only while the loss and every weight are finite, so the one on disk is
     always good. The end of an epoch -- validation and its line in metrics.jsonl -- is recorded in the
-    checkpoint as pending until done, so a run interrupted there finishes it when resumed.
+    checkpoint as pending until done, so a run interrupted there finishes it when resumed; resuming also
+    cuts the log back to the epochs the checkpoint knows were logged.
     """
     ckpt_path, log_path = os.path.join(config.out, "checkpoint.npz"), os.path.join(config.out, "metrics.jsonl")
     train_set = open_dataset(config, config.train_split, config.train_subset)
@@ -181,6 +205,7 @@ def train(config, resume=False, max_steps=None, progress=True, log=print, overwr
             raise CheckpointError(f"{ckpt_path}: its optimiser state does not fit ({err})") from None
         step, metrics, pending = state["meta"]["step"], state["meta"].get("metrics"), state["meta"].get("pending")
         saved = step
+        _agree_with_checkpoint(log_path, metrics["step"] if metrics else 0)
         log(f"resumed from {ckpt_path} at step {step}/{total_steps}")
     dropouts = [m for _, m in model.named_modules() if isinstance(m, nn.Dropout)]
     probe = next(batches(train_set, config.batch_size, np.arange(min(len(train_set), config.batch_size)),

@@ -220,6 +220,40 @@ def test_ctrl_c_during_validation_is_finished_on_resume(data, tmp_path, monkeypa
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+
+class KillAfterTheLogLine:
+    """kill -9 at the worst moment: the epoch's line is in metrics.jsonl, the checkpoint saying so is not
+    on disk yet. SystemExit passes the Ctrl-C handler by, so no checkpoint is written on the way out."""
+
+    def __init__(self, real, half_line):
+        self.real, self.half_line = real, half_line
+
+    def __call__(self, path, config, model, optimizer, meta):
+        if meta["metrics"] is not None and meta["pending"] is None:
+            if self.half_line:  # died while appending the next line, too
+                with open(os.path.join(os.path.dirname(path), "metrics.jsonl"), "a") as f:
+                    f.write('{"epoch": 2, "st')
+            raise SystemExit(137)
+        return self.real(path, config, model, optimizer, meta)
+
+
+@pytest.mark.parametrize("half_line", [False, True])
+def test_a_kill_between_the_log_line_and_its_checkpoint_leaves_one_line_per_epoch(data, tmp_path, monkeypatch,
+                                                                                  half_line):
+    import minifcn.train as trainer
+    config = TrainConfig(data=str(data), out=str(tmp_path / "broken"), model="fcn8s", width=1 / 16, fc_width=16,
+                         input_mode="pad32", batch_size=2, crop=32, epochs=2, val_every=0, checkpoint_every=1)
+    straight = TrainConfig(**{**config.__dict__, "out": str(tmp_path / "straight")})
+    train(straight, progress=False)
+    monkeypatch.setattr(trainer, "save_checkpoint", KillAfterTheLogLine(trainer.save_checkpoint, half_line))
+    with pytest.raises(SystemExit):
+        train(config, progress=False)
+    assert open(os.path.join(config.out, "metrics.jsonl")).read().count("\n") == 1  # epoch 1 logged, not saved
+    monkeypatch.undo()
+    train(config, resume=True, progress=False)
+    logs = [open(os.path.join(c.out, "metrics.jsonl")).read() for c in (config, straight)]
+    assert logs[0] == logs[1] and [json.loads(line)["epoch"] for line in logs[0].splitlines()] == [1, 2]
+
 # --- divergence and damaged checkpoints ----------------------------------------------------------------------
 
 def test_divergence_with_no_checkpoint_says_so(data, tmp_path, capsys):

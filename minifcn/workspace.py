@@ -6,8 +6,8 @@ work into pieces whose columns stay under ``backend.workspace_limit()`` (128 MiB
 unless set): whole images while they fit, else blocks of output rows of one
 image. Output rows r0 .. r1-1 read the padded input's rows r0*s .. (r1-1)*s +
 d(kh-1), so each piece is a slice of the padded input, convolved with no
-further padding. When one piece holds everything, the op gets the call as it
-came (a backend may pad more cheaply than a copy).
+further padding. When one piece holds everything, or the backend's route for
+this shape makes no columns (``unfolds``), the op gets the call as it came.
 """
 
 import numpy as np
@@ -33,6 +33,12 @@ def pieces(input_shape, geometry, channels, itemsize):
     return [(ns, rs, slice(rs.start * sh, (rs.stop - 1) * sh + dh * (kh - 1) + 1)) for ns, rs in spans]
 
 
+def whole(op, plan, input_shape, w_shape, geo):
+    """Whether ``op`` runs in one call: it fits, or it unfolds nothing (a padded copy is input-sized)."""
+    return len(plan) == 1 or not backend.ops().unfolds(op, tuple(input_shape), tuple(w_shape), geo.stride,
+                                                         geo.padding, geo.dilation)
+
+
 def padded(x, padding):
     ph, pw = padding
     return array_module(x).pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
@@ -42,7 +48,7 @@ def conv2d(x, w, stride=1, padding=0, dilation=1):
     """The backend's conv2d, piece by piece: y[piece] = conv2d(padded x[piece rows], w)."""
     geo = conv_geometry(x.shape, w.shape[2:], stride, padding, dilation)
     plan = pieces(x.shape, geo, x.shape[1], x.itemsize)
-    if len(plan) == 1:
+    if whole("conv2d", plan, x.shape, w.shape, geo):
         return backend.ops().conv2d(x, w, geo.stride, geo.padding, geo.dilation)
     xp = padded(x, geo.padding)
     y = array_module(x).empty((x.shape[0], w.shape[0]) + geo.out, dtype=np.result_type(x.dtype, w.dtype))
@@ -55,7 +61,7 @@ def conv2d_input_grad(g, w, input_shape, stride=1, padding=0, dilation=1):
     """The backend's input gradient, piece by piece, each piece's fold added into its padded rows."""
     geo = conv_geometry(input_shape, w.shape[2:], stride, padding, dilation)
     plan = pieces(input_shape, geo, input_shape[1], g.itemsize)
-    if len(plan) == 1:
+    if whole("conv2d_input_grad", plan, input_shape, w.shape, geo):
         return backend.ops().conv2d_input_grad(g, w, tuple(input_shape), geo.stride, geo.padding, geo.dilation)
     (ph, pw), (H, W) = geo.padding, input_shape[2:]
     dxp = array_module(g).zeros((input_shape[0], input_shape[1], H + 2 * ph, W + 2 * pw),
@@ -70,7 +76,7 @@ def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1):
     """The backend's weight gradient, summed over the pieces."""
     geo = conv_geometry(x.shape, w_shape[2:], stride, padding, dilation)
     plan = pieces(x.shape, geo, x.shape[1], x.itemsize)
-    if len(plan) == 1:
+    if whole("conv2d_weight_grad", plan, x.shape, w_shape, geo):
         return backend.ops().conv2d_weight_grad(g, x, tuple(w_shape), geo.stride, geo.padding, geo.dilation)
     xp = padded(x, geo.padding)
     dw = array_module(g).zeros(w_shape, dtype=np.result_type(g.dtype, x.dtype))

@@ -103,12 +103,17 @@ def test_convolution_ops_match_reference(module, to_device, route, dtype, g, cin
         numba_cpu.ROUTE = None
 
 
-def check_convolution_ops(kernels, to_device, dtype, g, cin, cout, square):
+def shaped(g, cin, cout, square):
+    """The drawn geometry with these channel counts (None: as drawn), its kernel 3x3 if ``square``."""
     if square:
         g = dict(g, w_shape=g["w_shape"][:2] + (3, 3), x_shape=g["x_shape"][:2] + tuple(
             max(n, 2 * d + 1 - 2 * p) for n, d, p in zip(g["x_shape"][2:], g["dilation"], g["padding"])))
-    g = dict(g, x_shape=g["x_shape"][:1] + (cin or g["x_shape"][1],) + g["x_shape"][2:],
-             w_shape=(cout or g["w_shape"][0], cin or g["w_shape"][1]) + g["w_shape"][2:])
+    return dict(g, x_shape=g["x_shape"][:1] + (cin or g["x_shape"][1],) + g["x_shape"][2:],
+                w_shape=(cout or g["w_shape"][0], cin or g["w_shape"][1]) + g["w_shape"][2:])
+
+
+def check_convolution_ops(kernels, to_device, dtype, g, cin, cout, square):
+    g = shaped(g, cin, cout, square)
     rng, x, w, _ = random_arrays(g, dtype)
     args = (g["stride"], g["padding"], g["dilation"])
     y = reference.conv2d(x, w, *args)
@@ -118,6 +123,44 @@ def check_convolution_ops(kernels, to_device, dtype, g, cin, cout, square):
           reference.conv2d_input_grad(gy, w, x.shape, *args), dtype)
     close(kernels.conv2d_weight_grad(to_device(gy), to_device(x), w.shape, *args),
           reference.conv2d_weight_grad(gy, x, w.shape, *args), dtype)
+
+
+@pytest.mark.parametrize("route", [None, "tiled", "shifted", "im2col"])
+@given(g=conv_geometry(max_size=20), cin=st.sampled_from([None, 9, 24]), cout=st.sampled_from([None, 8, 20]),
+       square=st.booleans())
+def test_unfolds_says_which_conv_ops_make_im2col_columns(route, g, cin, cout, square):
+    """minifcn.workspace runs an op whole when the backend says it makes no columns: that must never be
+    false. At stride 1 the routes are direct, and the answer must be exact both ways (a needless "yes"
+    would cut the tiles' work into pieces)."""
+    g = shaped(g, cin, cout, square)
+    rng, x, w, _ = random_arrays(g, np.float32)
+    args = (g["stride"], g["padding"], g["dilation"])
+    gy = rng.standard_normal(reference.conv2d(x, w, *args).shape).astype(np.float32)
+    made = []
+    real_im2col, real_col2im = numba_cpu.im2col, numba_cpu.col2im
+    numba_cpu.im2col = lambda *a, **k: made.append("im2col") or real_im2col(*a, **k)
+    numba_cpu.col2im = lambda *a, **k: made.append("col2im") or real_col2im(*a, **k)
+    numba_cpu.ROUTE = route
+    try:
+        for op, call in [("conv2d", lambda: numba_cpu.conv2d(x, w, *args)),
+                         ("conv2d_input_grad", lambda: numba_cpu.conv2d_input_grad(gy, w, x.shape, *args)),
+                         ("conv2d_weight_grad", lambda: numba_cpu.conv2d_weight_grad(gy, x, w.shape, *args))]:
+            made.clear()
+            call()
+            said = numba_cpu.unfolds(op, x.shape, w.shape, *args)
+            assert said or not made, f"{op}: said no columns, made {made}"
+            if g["stride"] == (1, 1):
+                assert said == bool(made), f"{op}: said {said}, made {made}"
+    finally:
+        numba_cpu.im2col, numba_cpu.col2im, numba_cpu.ROUTE = real_im2col, real_col2im, None
+
+
+def test_the_small_nets_thin_layers_run_whole_under_any_workspace_limit():
+    """The tiles read the padded input in place: a 3x3 8->8 layer on a 326-pixel map makes no columns."""
+    for op in ("conv2d", "conv2d_input_grad", "conv2d_weight_grad"):
+        assert not numba_cpu.unfolds(op, (8, 8, 326, 326), (8, 8, 3, 3), 1, 1, 1), op
+    assert numba_cpu.unfolds("conv2d", (8, 8, 326, 326), (8, 8, 3, 3), 2, 1, 1)  # strided: counted as unfolding
+    assert reference.unfolds("conv2d", (8, 8, 326, 326), (8, 8, 3, 3), 1, 1, 1)
 
 
 @st.composite

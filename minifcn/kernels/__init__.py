@@ -16,6 +16,7 @@ The ops (all arrays, no Tensors; stride, padding and dilation are ints or pairs)
     conv2d(x, w, stride, padding, dilation) -> y (N, Cout, OH, OW)       w: (Cout, Cin, kh, kw), no bias
     conv2d_input_grad(g, w, input_shape, stride, padding, dilation) -> dx  (this IS the transposed conv)
     conv2d_weight_grad(g, x, w_shape, stride, padding, dilation) -> dw
+    unfolds(op, input_shape, w_shape, stride, padding, dilation) -> whether that conv op makes im2col columns
     im2col(x, kernel_size, stride, padding, dilation) -> cols (N, C*kh*kw, OH*OW)
     col2im(cols, input_shape, kernel_size, stride, padding, dilation) -> (N, C, H, W)
     max_pool(x, kernel, stride, padding, out_hw) -> (y, argmax)   argmax: uint8 offset i*kw + j
@@ -26,9 +27,9 @@ The ops (all arrays, no Tensors; stride, padding and dilation are ints or pairs)
 
 Loss ops take z of shape (N, K, P) and t of shape (N, P) (int64). The three
 convolution ops may hold a large workspace (im2col columns);
-``minifcn.workspace`` calls them on pieces that fit the workspace limit.
+``minifcn.workspace`` calls those that do (``unfolds``) on pieces that fit the workspace limit.
 A backend decides inside its own conv ops how to compute them.
 """
 
-OPS = ("conv2d", "conv2d_input_grad", "conv2d_weight_grad", "im2col", "col2im", "max_pool", "max_pool_backward",
-       "relu", "relu_backward", "softmax_xent", "softmax_xent_backward")
+OPS = ("conv2d", "conv2d_input_grad", "conv2d_weight_grad", "unfolds", "im2col", "col2im", "max_pool",
+       "max_pool_backward", "relu", "relu_backward", "softmax_xent", "softmax_xent_backward")

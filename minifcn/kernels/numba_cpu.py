@@ -137,23 +137,48 @@ def conv2d(x, w, stride=1, padding=0, dilation=1):
 
 
 def conv2d_input_grad(g, w, input_shape, stride=1, padding=0, dilation=1):
-    """At stride 1, dx is the convolution of g -- padded by d(k-1) - p, or cropped where that is negative --
-    with the kernel flipped and its channels swapped: dx[c] = sum_o flip(w[o, c]) * g[o]. That costs
-    im2col columns of g's Cout channels, where col2im(W^T g) costs columns of dx's Cin: take the smaller,
-    or the flipped one wherever the tiles run it."""
+    """Strided: over the phases. Stride 1: a forward convolution of g where that is cheaper (``_flipped``)."""
     geo = conv_geometry(input_shape, w.shape[2:], stride, padding, dilation)
     if geo.stride != (1, 1) and subpixel.applies(geo) and ROUTE != "im2col":
         return subpixel.conv2d_input_grad(g, w, input_shape, geo, conv2d_input_grad, from_phases)
-    if geo.stride == (1, 1) and ROUTE != "im2col":
-        pads = [d * (k - 1) - p for k, p, d in zip(geo.kernel, geo.padding, geo.dilation)]
-        flipped_geo = conv_geometry(g.shape[:2] + tuple(n + 2 * max(q, 0) for n, q in zip(g.shape[2:], pads)),
-                                    geo.kernel, 1, 0, geo.dilation)
-        if ROUTE is not None or w.shape[0] <= w.shape[1] or route(flipped_geo, w.shape[0], w.shape[1]) == "tiled":
-            crop = [max(-q, 0) for q in pads]
-            g = g[:, :, crop[0]: g.shape[2] - crop[0], crop[1]: g.shape[3] - crop[1]]
-            flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-            return conv2d(g, flipped, 1, (max(pads[0], 0), max(pads[1], 0)), geo.dilation)
+    flipped = _flipped(geo, w.shape)
+    if flipped is not None:
+        (c0, c1), pads, _ = flipped
+        g = g[:, :, c0: g.shape[2] - c0, c1: g.shape[3] - c1]
+        return conv2d(g, np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)), 1, pads, geo.dilation)
     return reference.conv2d_input_grad(g, w, input_shape, stride, padding, dilation, fold=col2im)
+
+
+def _flipped(geo, w_shape):
+    """At stride 1, dx is the convolution of g -- padded by d(k-1) - p, or cropped where that is negative --
+    with the kernel flipped and its channels swapped: dx[c] = sum_o flip(w[o, c]) * g[o]. That costs
+    im2col columns of g's Cout channels, where col2im(W^T g) costs columns of dx's Cin: take the smaller,
+    or the flipped one wherever the tiles run it. Returns (crop of g, padding, geometry of that forward
+    convolution), or None for col2im(W^T g)."""
+    if geo.stride != (1, 1) or ROUTE == "im2col":
+        return None
+    pads = [d * (k - 1) - p for k, p, d in zip(geo.kernel, geo.padding, geo.dilation)]
+    crop, pad = tuple(max(-q, 0) for q in pads), tuple(max(q, 0) for q in pads)
+    g_hw = [n - 2 * c for n, c in zip(geo.out, crop)]
+    forward = conv_geometry((1, w_shape[0], *g_hw), geo.kernel, 1, pad, geo.dilation)
+    cout, cin = w_shape[:2]
+    if ROUTE is not None or cout <= cin or route(forward, cout, cin) == "tiled":
+        return crop, pad, forward
+    return None
+
+
+def unfolds(op, input_shape, w_shape, stride=1, padding=0, dilation=1):
+    """Whether ``op`` builds im2col columns here, the memory that minifcn.workspace bounds by cutting the
+    work into pieces. The tiled and shifted-GEMM routes read the input where it lies; strided convolutions
+    are routed again per phase, so they count as unfolding."""
+    geo = conv_geometry(input_shape, w_shape[2:], stride, padding, dilation)
+    cout, cin = w_shape[:2]
+    if op == "conv2d_input_grad":
+        flipped = _flipped(geo, w_shape)
+        if flipped is None:
+            return True
+        geo, cin, cout = flipped[2], cout, cin
+    return route(geo, cin, cout, weight_grad=op == "conv2d_weight_grad") not in ("tiled", "shifted")
 
 
 def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1):

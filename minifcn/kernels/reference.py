@@ -39,6 +39,12 @@ def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1, unfold=im
     return (g.reshape(N, Cout, -1) @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(w_shape)
 
 
+def unfolds(op, input_shape, w_shape, stride=1, padding=0, dilation=1):
+    """Whether conv ``op`` builds im2col columns at this shape: here always, so minifcn.workspace cuts large
+    ones into pieces. A backend whose routes read the input in place answers for itself."""
+    return True
+
+
 def _padded(x, kernel, stride, padding, out_hw):
     """x padded with -inf on every side a window can reach (ceil mode may overhang bottom/right)."""
     (kh, kw), (sh, sw), (ph, pw), (OH, OW) = kernel, stride, padding, out_hw

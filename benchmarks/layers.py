@@ -33,15 +33,16 @@ FULL = [("conv1_2", 64, 64, 3, 224, 1, 1, 1, False), ("conv2_2", 128, 128, 3, 11
 
 CHILD = r"""
 import json, sys, time
-import numpy as np
 lib, threads, repeat, cases = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+if lib == "minifcn":
+    import minifcn  # before numpy, as the README advises: its thread settings must be seen by OpenBLAS
+import numpy as np
 if lib == "torch":
     import torch
     torch.set_num_threads(threads)
     conv, convT, tensor = torch.nn.functional.conv2d, torch.nn.functional.conv_transpose2d, torch.tensor
     def backward(y): y.backward(torch.ones_like(y))
 else:
-    import minifcn
     from minifcn import functional as F
     minifcn.set_num_threads(threads)
     conv, convT, tensor = F.conv2d, F.conv_transpose2d, lambda a, requires_grad: minifcn.Tensor(a, requires_grad)

@@ -28,15 +28,17 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-# minifcn sets OMP_WAIT_POLICY=PASSIVE when imported (see minifcn/backend.py); PyTorch's processes get
-# the environment as it was before that, so each library runs with its own defaults.
+# minifcn sets OMP_WAIT_POLICY and OPENBLAS_THREAD_TIMEOUT when imported (see minifcn/__init__.py);
+# PyTorch's processes get the environment as it was before that, so each library runs with its own defaults.
 USER_ENV = dict(os.environ)
 
 # Each child prints one JSON line: {"seconds": [...], "rss_mb": peak resident memory}.
 CHILD = r"""
 import json, resource, sys, time
-import numpy as np
 lib, what, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if lib == "minifcn":
+    import minifcn  # before numpy, as the README advises: its thread settings must be seen by OpenBLAS
+import numpy as np
 rng = np.random.default_rng(0)
 if lib == "torch":
     import torch
@@ -55,7 +57,6 @@ if lib == "torch":
             torch.nn.functional.cross_entropy(model(torch.tensor(x)), torch.tensor(y), ignore_index=255).backward()
             opt.step()
 else:
-    import minifcn
     minifcn.set_num_threads(threads)
     from minifcn import Tensor, models, functional as F
     from minifcn.optim import SGD

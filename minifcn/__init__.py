@@ -1,5 +1,19 @@
 """minifcn: Fully Convolutional Networks from scratch in NumPy."""
 
+import os
+
+# Threads. Numba kernels and BLAS products take turns on the same cores, so a pool that waits for more
+# work must sleep rather than spin. Both runtimes read these settings when they load -- OpenMP at Numba's
+# first parallel loop, OpenBLAS when numpy is imported -- so they are set before anything imports numpy:
+# import minifcn first, or export them yourself (a value already in the environment wins).
+# - Numba's OpenMP threads spun after each parallel loop: the demo's training step took 1.9 s, 1.3 s with
+#   them asleep.
+# - OpenBLAS's threads spin for 2**28 cycles (about 0.08 s) after each product; the Numba kernel that
+#   follows then runs on one core. With 2**20 (a third of a millisecond: back-to-back products still find
+#   them awake) the small FCN-8s step went from 0.57-0.67 s to 0.43-0.53 s (benchmarks/speed.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+
 from .autograd import Function, Tensor, no_grad
 from .backend import get_backend, set_backend, set_num_threads, set_workspace_limit, workspace_limit
 from .conv_matrix import ConvMatrix

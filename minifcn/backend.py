@@ -11,8 +11,8 @@ CuPy on the GPU). Results never depend on it beyond float rounding.
 Memory: a convolution never unfolds more than ``workspace_limit()`` bytes of
 im2col columns at once; bigger inputs are done in chunks of batch items and
 output rows. Threads: Numba kernels and BLAS GEMMs run one after the other,
-never nested, so both may use every core (idle Numba threads sleep, see
-OMP_WAIT_POLICY below); ``set_num_threads`` sets both.
+never nested, so both may use every core (idle threads of either sleep, see
+minifcn/__init__.py); ``set_num_threads`` sets both.
 """
 
 import importlib
@@ -22,13 +22,6 @@ import numpy as np
 
 from . import arrays
 from .kernels import OPS, reference
-
-# Numba's OpenMP threads spin for a while after each parallel loop, waiting for the next one, so the
-# BLAS GEMM that follows shares the cores with busy-waiting threads: the demo's FCN-8s training step
-# took 1.9 s so, 1.3 s with idle threads asleep. Kernels and GEMMs alternate here, so idle threads
-# should sleep. This must be set before the OpenMP runtime loads (Numba loads it at its first parallel
-# loop); a value already in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 BACKENDS = ("numpy", "numba", "cupy")
 _state = {"name": None, "ops": None, "workspace": int(os.environ.get("MINIFCN_WORKSPACE_MB", 128)) << 20}

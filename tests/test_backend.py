@@ -141,6 +141,24 @@ def test_idle_openmp_threads_sleep_unless_the_user_says_otherwise(given):
     assert out.stdout.strip() == (given or "PASSIVE")
 
 
+def test_openblas_threads_nap_when_minifcn_is_imported_before_numpy():
+    """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when numpy loads it: minifcn must have set it by then."""
+    probe = ("import os, sys\n"
+             "class Spy:\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name == 'numpy' and not hasattr(Spy, 'seen'):\n"
+             "            Spy.seen = os.environ.get('OPENBLAS_THREAD_TIMEOUT')\n"
+             "sys.meta_path.insert(0, Spy())\n"
+             "import minifcn\n"
+             "print(Spy.seen)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "20"
+    env["OPENBLAS_THREAD_TIMEOUT"] = "28"  # the user's own value wins
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "28"
+
+
 FRESH_OR_CACHED = """
 import hashlib, numpy as np, minifcn
 from minifcn import functional as F, Tensor

@@ -24,13 +24,14 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 # minifcn sets OMP_WAIT_POLICY and OPENBLAS_THREAD_TIMEOUT when imported (see minifcn/__init__.py);
 # PyTorch's processes get the environment as it was before that, so each library runs with its own defaults.
 USER_ENV = dict(os.environ)
+import minifcn  # noqa: E402  before numpy, as for users: this process runs the route table (section 5)
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 
 # Each child prints one JSON line: {"seconds": [...], "rss_mb": peak resident memory}.
 CHILD = r"""
@@ -133,7 +134,6 @@ def route_rows(repeat):
     """Section 5: every 3x3 layer of the small FCN-8s through Numba's register tiles and through the shifted
     GEMM (one BLAS product per kernel tap), fwd+bwd, both in this process, alternating; the last column is
     the route minifcn picks for the forward pass."""
-    import minifcn
     from minifcn import Tensor, functional as F
     from minifcn.conv_arithmetic import conv_geometry
     from minifcn.kernels import numba_cpu

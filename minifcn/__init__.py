@@ -10,7 +10,7 @@ import os
 #   them asleep.
 # - OpenBLAS's threads spin for 2**28 cycles (about 0.08 s) after each product; the Numba kernel that
 #   follows then runs on one core. With 2**20 (a third of a millisecond: back-to-back products still find
-#   them awake) the small FCN-8s step went from 0.57-0.67 s to 0.43-0.53 s (benchmarks/speed.py).
+#   them awake) the small FCN-8s step went from 0.57 and 0.67 s to 0.43 and 0.46 s (two runs).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 

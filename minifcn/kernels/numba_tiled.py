@@ -135,18 +135,33 @@ def _weight_grad_3x3(xp, gp, dh, dw, out):
                     out[block * GRAD_CHANNELS + o, c, i, j] = total
 
 
-def _padded_input(x, padding, out_width, kernel_width, dilation):
-    """x zero-padded, and wide enough that the last tile of every row reads inside the array.
+@njit(parallel=True, cache=True)
+def _place(x, top, left, out):
+    """out[n, c] = zeros with x[n, c] at row ``top``, column ``left``: one pass, one (n, c) plane per task."""
+    N, C, H, W = x.shape
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for r in range(out.shape[2]):
+            row, h = out[n, c, r], r - top
+            if h < 0 or h >= H:
+                row[:] = 0
+            else:
+                row[:left] = 0
+                row[left: left + W] = x[n, c, h]
+                row[left + W:] = 0
 
-    Only the border is zeroed: writing zeros over the whole buffer first would cost a pass more.
-    """
+
+def _placed(x, shape, top=0, left=0):
+    out = np.empty(shape, dtype=x.dtype)
+    _place(x, top, left, out)
+    return out
+
+
+def _padded_input(x, padding, out_width, kernel_width, dilation):
+    """x zero-padded, and wide enough that the last tile of every row reads inside the array."""
     N, C, H, W = x.shape
     (ph, pw), width = padding, -(-out_width // TILE_PIXELS) * TILE_PIXELS + dilation * (kernel_width - 1)
-    xp = np.empty((N, C, H + 2 * ph, max(width, W + 2 * pw)), dtype=x.dtype)
-    xp[:, :, :ph], xp[:, :, ph + H:] = 0, 0
-    xp[:, :, ph: ph + H, :pw], xp[:, :, ph: ph + H, pw + W:] = 0, 0
-    xp[:, :, ph: ph + H, pw: pw + W] = x
-    return xp
+    return _placed(x, (N, C, H + 2 * ph, max(width, W + 2 * pw)), ph, pw)
 
 
 def _pack(w):
@@ -176,9 +191,7 @@ def conv2d_weight_grad(g, x, w_shape, padding, dilation):
     dtype = np.result_type(x.dtype, g.dtype)
     N, O, OH, OW = g.shape
     xp = _padded_input(x.astype(dtype, copy=False), padding, OW, 3, dilation[1])
-    gp = np.empty((N, O, OH, -(-OW // TILE_PIXELS) * TILE_PIXELS), dtype=dtype)
-    gp[..., OW:] = 0  # the tail lanes add 0
-    gp[..., :OW] = g
+    gp = _placed(g.astype(dtype, copy=False), (N, O, OH, -(-OW // TILE_PIXELS) * TILE_PIXELS))  # tail lanes add 0
     out = np.empty(w_shape, dtype=dtype)
     with straight_line_vectorizer():
         _weight_grad_3x3(xp, gp, dilation[0], dilation[1], out)

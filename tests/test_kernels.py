@@ -125,6 +125,21 @@ def check_convolution_ops(kernels, to_device, dtype, g, cin, cout, square):
           reference.conv2d_weight_grad(gy, x, w.shape, *args), dtype)
 
 
+@given(g=conv_geometry(max_size=20), dtype=st.sampled_from(DTYPES))
+def test_numba_phase_kernels_match_the_reshapes_of_subpixel(g, dtype):
+    """to_phases / from_phases, one pass each, against subpixel's space_to_depth / depth_to_space (reshapes)."""
+    from minifcn.conv_arithmetic import conv_geometry as geometry
+    from minifcn.kernels import subpixel
+    geo = geometry(g["x_shape"], g["w_shape"][2:], g["stride"], g["padding"], 1)
+    if not subpixel.applies(geo):
+        return
+    rng = np.random.default_rng(g["seed"])
+    x = rng.standard_normal(g["x_shape"]).astype(dtype)
+    np.testing.assert_array_equal(numba_cpu.to_phases(x, geo), subpixel.space_to_depth(x, geo))
+    phases = rng.standard_normal(subpixel.phase_shape(geo, x.shape)).astype(dtype)
+    np.testing.assert_array_equal(numba_cpu.from_phases(phases, geo, x.shape),
+                                  subpixel.depth_to_space(phases, geo, x.shape))
+
 @pytest.mark.parametrize("route", [None, "tiled", "shifted", "im2col"])
 @given(g=conv_geometry(max_size=20), cin=st.sampled_from([None, 9, 24]), cout=st.sampled_from([None, 8, 20]),
        square=st.booleans())

@@ -5,6 +5,11 @@ threads ever write the same element and no atomics are needed. Bounds checks
 replace padding: a pixel outside the image reads as 0 (convolution) or is
 skipped (max-pool), so no padded copy of the input is made.
 Compiled on first use per dtype and cached on disk (``cache=True``).
+
+An index known to be non-negative is cast to unsigned (``np.uint64``) in the
+inner loops: Numba then drops its test for Python's negative indices, which
+otherwise keeps LLVM from vectorising the loop (im2col of 64 channels at 23x23
+went from 1.19 to 0.45 ms, col2im from 1.17 to 0.33, from_phases from 17.8 to 6).
 """
 
 import math
@@ -43,7 +48,7 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, out):
                     row[:lo] = 0
                     row[hi:] = 0
                     for ow in range(lo, hi):
-                        row[ow] = x[n, c, ih, ow * sw - pw + j * dw]
+                        row[np.uint64(ow)] = x[n, c, ih, np.uint64(ow * sw - pw + j * dw)]
 
 
 @njit(parallel=True, cache=True)
@@ -59,7 +64,7 @@ def _col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, out):
                     ih = oh * sh - ph + i * dh
                     if 0 <= ih < H:
                         for ow in range(lo, hi):
-                            out[n, c, ih, ow * sw - pw + j * dw] += cols[n, c, i, j, oh, ow]
+                            out[n, c, ih, np.uint64(ow * sw - pw + j * dw)] += cols[n, c, i, j, oh, np.uint64(ow)]
 
 
 def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
@@ -212,7 +217,7 @@ def _to_phases(x, sh, sw, ph, pw, out):
                     row[:lo] = 0
                     row[hi:] = 0
                     for v in range(lo, hi):
-                        row[v] = x[n, c, h, v * sw + q - pw]
+                        row[np.uint64(v)] = x[n, c, h, np.uint64(v * sw + q - pw)]
 
 
 @njit(parallel=True, cache=True)
@@ -225,12 +230,15 @@ def _from_phases(phases, sh, sw, ph, pw, out):
         for h in range(H):
             u, r = (h + ph) // sh, (h + ph) % sh
             row = out[n, c, h]
-            v, q = pw // sw, pw % sw  # the phase column of output column 0, advanced one column at a time
-            for col in range(W):
-                row[col] = phases[n, (r * sw + q) * C + c, u, v] if u < U and v < V else 0
-                q += 1
-                if q == sw:
-                    q, v = 0, v + 1
+            if u >= U:
+                row[:] = 0
+                continue
+            row[max(0, V * sw - pw):] = 0  # the columns past the last phase column
+            for q in range(sw):  # phase q fills every sw-th column, read as one contiguous row
+                src = phases[n, (r * sw + q) * C + c, u]
+                lo, hi = _valid_range(pw, q, sw, W, V)
+                for v in range(lo, hi):
+                    row[np.uint64(v * sw + q - pw)] = src[np.uint64(v)]
 
 
 def to_phases(x, geo):

@@ -140,6 +140,8 @@ class MaxPool2d(Function):
         if min(kh, kw, sh, sw) < 1 or not (0 <= ph <= kh // 2 and 0 <= pw <= kw // 2):
             raise ValueError(f"max_pool2d: kernel_size {(kh, kw)} and stride {(sh, sw)} must be >= 1 and "
                              f"padding {(ph, pw)} at most half the kernel")
+        if kh * kw > 256:  # every backend keeps the arg-max's place in its window in one byte
+            raise ValueError(f"max_pool2d: kernel_size {(kh, kw)} has {kh * kw} places; at most 256 are supported")
         N, C, H, W = x.shape
         OH, OW = pool_output_size(H, kh, sh, ph, ceil_mode), pool_output_size(W, kw, sw, pw, ceil_mode)
         if OH < 1 or OW < 1:  # ceil mode lets one window overhang; floor mode needs a whole one

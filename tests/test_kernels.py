@@ -187,8 +187,10 @@ def pool_geometry(draw):
     ceil = draw(st.booleans())
     shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), H, W)
     out = (pool_output_size(H, kh, sh, ph, ceil), pool_output_size(W, kw, sw, pw, ceil))
-    ties = draw(st.booleans())  # small integers make ties: the first maximum must win in both
-    return shape, (kh, kw), (sh, sw), (ph, pw), out, ties, draw(st.integers(0, 2**16))
+    # small integers make ties (the first maximum must win in both); "specials" adds infinities and NaNs
+    # (a NaN wins over numbers, the first NaN over later ones, and a window of -inf still has an arg-max)
+    values = draw(st.sampled_from(["normal", "ties", "specials"]))
+    return shape, (kh, kw), (sh, sw), (ph, pw), out, values, draw(st.integers(0, 2**16))
 
 
 @pytest.mark.parametrize("module, to_device", KERNELS)
@@ -196,9 +198,10 @@ def pool_geometry(draw):
 @given(p=pool_geometry())
 def test_max_pool_forward_and_backward_match_reference(module, to_device, dtype, p):
     kernels = module()
-    shape, kernel, stride, padding, out, ties, seed = p
+    shape, kernel, stride, padding, out, values, seed = p
     rng = np.random.default_rng(seed)
-    x = (rng.integers(-2, 3, shape) if ties else rng.standard_normal(shape)).astype(dtype)
+    x = {"normal": lambda: rng.standard_normal(shape), "ties": lambda: rng.integers(-2, 3, shape),
+         "specials": lambda: rng.choice([-np.inf, -1.0, 0.0, 1.0, np.inf, np.nan], shape)}[values]().astype(dtype)
     y, arg = reference.max_pool(x, kernel, stride, padding, out)
     y2, arg2 = kernels.max_pool(to_device(x), kernel, stride, padding, out)
     close(y2, y, dtype)

@@ -59,3 +59,10 @@ def test_gradient_goes_to_the_max():
     assert y.data[0, 0].tolist() == [[5, 9], [8, 7]]
     y.backward(np.array([[[[10., 20.], [30., 40.]]]]))
     assert x.grad[0, 0].tolist() == [[0, 10, 0], [0, 0, 20], [0, 30, 40]]
+
+
+def test_a_window_of_more_than_256_places_is_refused():
+    """The arg-max's place in its window is kept in one byte: 17 x 17 = 289 places would wrap around."""
+    max_pool2d(np.zeros((1, 1, 16, 16)), 16)  # 256 places: the largest that fits
+    with pytest.raises(ValueError, match=r"kernel_size \(17, 17\) has 289 places; at most 256"):
+        max_pool2d(np.zeros((1, 1, 20, 20)), 17)

@@ -43,6 +43,32 @@ def test_ceil_mode_max_pool_matches_pytorch(k, s, p):
     np.testing.assert_array_equal(F.max_pool2d(x, k, s, p, ceil_mode=True).data, ref.numpy())
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("k, s, p", [(1, 1, 0), (2, 2, 0), (2, 2, 1), (3, 1, 1), (3, 2, 1), (4, 3, 2)])
+@pytest.mark.parametrize("ceil", [False, True])
+def test_max_pool_gradient_goes_where_pytorchs_does_with_ties_and_minus_infinity(backend, k, s, p, ceil):
+    """The first maximum wins, and a window of -inf sends its gradient to its first real input, not the padding."""
+    import minifcn
+    if not minifcn.backend.available(backend):
+        pytest.skip(f"backend {backend} is not installed")
+    previous = minifcn.get_backend()
+    minifcn.set_backend(backend)
+    try:
+        for seed in range(4):
+            rng = np.random.default_rng(seed)
+            x = rng.choice([-np.inf, -1.0, 0.0, 1.0], (2, 2, 7, 6))
+            xt, xr = Tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+            y = F.max_pool2d(xt, k, s, p, ceil_mode=ceil)
+            ref = torch.nn.functional.max_pool2d(xr, k, s, p, ceil_mode=ceil)
+            gy = rng.standard_normal(y.shape)
+            y.backward(gy)
+            ref.backward(torch.tensor(gy))
+            np.testing.assert_array_equal(y.data, ref.detach().numpy())
+            np.testing.assert_allclose(xt.grad, xr.grad.numpy(), rtol=1e-12, atol=1e-12)  # overlaps sum in any order
+    finally:
+        minifcn.set_backend(previous)
+
+
 def test_cross_entropy_and_its_gradient_match_pytorch():
     rng = np.random.default_rng(0)
     z = rng.standard_normal((2, 6, 5, 4))

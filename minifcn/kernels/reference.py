@@ -45,21 +45,32 @@ def unfolds(op, input_shape, w_shape, stride=1, padding=0, dilation=1):
     return True
 
 
-def _padded(x, kernel, stride, padding, out_hw):
-    """x padded with -inf on every side a window can reach (ceil mode may overhang bottom/right)."""
+def _padded(x, kernel, stride, padding, out_hw, fill=-np.inf):
+    """x padded with ``fill`` on every side a window can reach (ceil mode may overhang bottom/right)."""
     (kh, kw), (sh, sw), (ph, pw), (OH, OW) = kernel, stride, padding, out_hw
     bottom, right = (OH - 1) * sh + kh - x.shape[2] - ph, (OW - 1) * sw + kw - x.shape[3] - pw
     return array_module(x).pad(x, ((0, 0), (0, 0), (ph, max(bottom, 0)), (pw, max(right, 0))),
-                               constant_values=-np.inf)
+                               constant_values=fill)
+
+
+def _windows(xp, kernel, stride, out_hw):
+    """(kh*kw, N, C, OH, OW): tap i*kw + j of every window."""
+    (kh, kw), (sh, sw), (OH, OW) = kernel, stride, out_hw
+    return array_module(xp).stack([xp[:, :, i: i + sh * OH: sh, j: j + sw * OW: sw]
+                                   for i in range(kh) for j in range(kw)])
 
 
 def max_pool(x, kernel, stride, padding, out_hw):
-    """y[n, c, oh, ow] = max_{i,j} x[n, c, oh*sh - ph + i, ow*sw - pw + j]; argmax = the winning i*kw + j."""
-    (kh, kw), (sh, sw), (OH, OW) = kernel, stride, out_hw
-    xp = _padded(x, kernel, stride, padding, out_hw)
-    windows = array_module(x).stack([xp[:, :, i: i + sh * OH: sh, j: j + sw * OW: sw]
-                                     for i in range(kh) for j in range(kw)])
-    return windows.max(axis=0), windows.argmax(axis=0).astype(np.uint8)
+    """y[n, c, oh, ow] = max_{i,j} x[n, c, oh*sh - ph + i, ow*sw - pw + j]; argmax = the winning i*kw + j.
+
+    The winner is the first maximum, a NaN beats any number, and it is always a real input, never the
+    padding (PyTorch's rule): a window of -inf sends its gradient to its first real input."""
+    windows = _windows(_padded(x, kernel, stride, padding, out_hw), kernel, stride, out_hw)
+    real = _windows(_padded(array_module(x).ones(x.shape, bool), kernel, stride, padding, out_hw, False),
+                    kernel, stride, out_hw)
+    y = windows.max(axis=0)
+    won = ((windows == y) | (windows != windows)) & real  # y is NaN exactly when the window holds one
+    return y, won.argmax(axis=0).astype(np.uint8)
 
 
 def max_pool_backward(g, argmax, x_shape, kernel, stride, padding):

@@ -225,9 +225,10 @@ def test_relu_matches_reference(module, to_device, dtype, shape, seed):
 
 @pytest.mark.parametrize("module, to_device", KERNELS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@given(N=st.integers(1, 3), K=st.integers(1, 7), P=st.integers(1, 20), seed=st.integers(0, 2**16),
-       weighted=st.booleans(), scale=st.floats(0.01, 10))
+@given(N=st.integers(1, 3), K=st.integers(1, 7), P=st.integers(1, 20) | st.sampled_from([512, 513, 1100]),
+       seed=st.integers(0, 2**16), weighted=st.booleans(), scale=st.floats(0.01, 10))
 def test_softmax_cross_entropy_matches_reference(module, to_device, dtype, N, K, P, seed, weighted, scale):
+    """P above 512 spans several of the Numba kernels' pixel blocks, the last one partial."""
     kernels = module()
     rng = np.random.default_rng(seed)
     z = (5 * rng.standard_normal((N, K, P))).astype(dtype)

@@ -337,50 +337,72 @@ def relu_backward(g, y):
     return dx
 
 
+PIXEL_BLOCK = 512  # the loss works on blocks of pixels: every pass over the classes reads rows of z in order
+
+
+@njit(cache=True)
+def _log_sum_exp(z, n, p0, m, total, e):
+    """For pixels p0 .. p0+L-1 of image n: m = max_k z, total = sum_k exp(z - m), and e = exp(z - m) when e
+    has rows (the backward pass keeps them). Classes outside, pixels inside: those loops vectorise."""
+    K, L = z.shape[1], m.shape[0]
+    for p in range(L):
+        m[p] = z[n, 0, np.uint64(p0 + p)]
+        total[p] = 0
+    for k in range(1, K):
+        for p in range(L):
+            m[p] = max(m[p], z[n, k, np.uint64(p0 + p)])
+    for k in range(K):
+        for p in range(L):
+            v = math.exp(z[n, k, np.uint64(p0 + p)] - m[p])
+            total[p] += v
+            if e.shape[0]:
+                e[k, p] = v
+
+
 @njit(parallel=True, cache=True)
 def _softmax_xent(z, t, weight, ignore_index, loss, wsum):
+    """loss[n, p] = w[t] (log sum_k exp z[n, k, p] - z[n, t, p]), wsum[n, p] = w[t]; 0 where t is ignored."""
     N, K, P = z.shape
-    for np_ in prange(N * P):
-        n, p = np_ // P, np_ % P
-        label = t[n, p]
-        if label == ignore_index:
-            loss[np_], wsum[np_] = 0.0, 0.0
-            continue
-        m = z[n, 0, p]
-        for k in range(1, K):
-            m = max(m, z[n, k, p])
-        total = 0.0
-        for k in range(K):
-            total += math.exp(z[n, k, p] - m)
-        w = weight[label]
-        loss[np_] = w * (m + math.log(total) - z[n, label, p])
-        wsum[np_] = w
+    blocks = (P + PIXEL_BLOCK - 1) // PIXEL_BLOCK
+    for task in prange(N * blocks):
+        n, p0 = task // blocks, (task % blocks) * PIXEL_BLOCK
+        L = min(PIXEL_BLOCK, P - p0)
+        m, total = np.empty(L, z.dtype), np.empty(L, np.float64)
+        _log_sum_exp(z, n, p0, m, total, np.empty((0, 0), z.dtype))
+        for p in range(L):
+            label = t[n, p0 + p]
+            if label == ignore_index:
+                loss[n, p0 + p], wsum[n, p0 + p] = 0.0, 0.0
+            else:
+                w = weight[label]
+                loss[n, p0 + p] = w * (m[p] + math.log(total[p]) - z[n, label, p0 + p])
+                wsum[n, p0 + p] = w
 
 
 @njit(parallel=True, cache=True)
 def _softmax_xent_backward(z, t, weight, ignore_index, scale, dz):
+    """dz[n, k, p] = scale w[t] (softmax(z[n, :, p])_k - [k == t]); 0 where t is ignored."""
     N, K, P = z.shape
-    for np_ in prange(N * P):
-        n, p = np_ // P, np_ % P
-        label = t[n, p]
-        if label == ignore_index:
-            for k in range(K):
-                dz[n, k, p] = 0
-            continue
-        m = z[n, 0, p]
-        for k in range(1, K):
-            m = max(m, z[n, k, p])
-        total = 0.0
+    blocks = (P + PIXEL_BLOCK - 1) // PIXEL_BLOCK
+    for task in prange(N * blocks):
+        n, p0 = task // blocks, (task % blocks) * PIXEL_BLOCK
+        L = min(PIXEL_BLOCK, P - p0)
+        m, total, e = np.empty(L, z.dtype), np.empty(L, np.float64), np.empty((K, L), z.dtype)
+        _log_sum_exp(z, n, p0, m, total, e)
+        coef, label = np.empty(L, np.float64), np.empty(L, np.int64)
+        for p in range(L):
+            label[p] = t[n, p0 + p]
+            coef[p] = 0.0 if label[p] == ignore_index else scale * weight[label[p]]
         for k in range(K):
-            total += math.exp(z[n, k, p] - m)
-        s = scale * weight[label]
-        for k in range(K):
-            dz[n, k, p] = s * (math.exp(z[n, k, p] - m) / total - (1.0 if k == label else 0.0))
+            for p in range(L):
+                hit = 1.0 if label[p] == k else 0.0
+                v = coef[p] * (e[k, p] / total[p] - hit)
+                dz[n, k, np.uint64(p0 + p)] = v if coef[p] != 0.0 else 0.0
 
 
 def softmax_xent(z, t, weight, ignore_index):
     N, _, P = z.shape
-    loss, wsum = np.empty(N * P, np.float64), np.empty(N * P, np.float64)
+    loss, wsum = np.empty((N, P), np.float64), np.empty((N, P), np.float64)
     _softmax_xent(np.ascontiguousarray(z), np.ascontiguousarray(t), weight.astype(np.float64), ignore_index,
                   loss, wsum)
     return z.dtype.type(loss.sum()), z.dtype.type(wsum.sum())

@@ -340,76 +340,64 @@ def relu_backward(g, y):
 PIXEL_BLOCK = 512  # the loss works on blocks of pixels: every pass over the classes reads rows of z in order
 
 
-@njit(cache=True)
-def _log_sum_exp(z, n, p0, m, total, e):
-    """For pixels p0 .. p0+L-1 of image n: m = max_k z, total = sum_k exp(z - m), and e = exp(z - m) when e
-    has rows (the backward pass keeps them). Classes outside, pixels inside: those loops vectorise."""
-    K, L = z.shape[1], m.shape[0]
-    for p in range(L):
-        m[p] = z[n, 0, np.uint64(p0 + p)]
-        total[p] = 0
-    for k in range(1, K):
-        for p in range(L):
-            m[p] = max(m[p], z[n, k, np.uint64(p0 + p)])
-    for k in range(K):
-        for p in range(L):
-            v = math.exp(z[n, k, np.uint64(p0 + p)] - m[p])
-            total[p] += v
-            if e.shape[0]:
-                e[k, p] = v
-
-
 @njit(parallel=True, cache=True)
-def _softmax_xent(z, t, weight, ignore_index, loss, wsum):
-    """loss[n, p] = w[t] (log sum_k exp z[n, k, p] - z[n, t, p]), wsum[n, p] = w[t]; 0 where t is ignored."""
+def _softmax_xent(z, t, weight, ignore_index, scale, loss, wsum, dz, m, total, coef):
+    """Forward, when dz is empty: loss[n, p] = w[t] (log sum_k exp z[n, k, p] - z[n, t, p]), wsum[n, p] = w[t].
+    Backward, when dz has z's shape: dz[n, k, p] = scale w[t] (softmax(z[n, :, p])_k - [k == t]).
+    Both 0 where t is ignored. Pixels run in blocks, classes outside and pixels inside, so the passes over z
+    read its rows and vectorise; m, total and coef hold one row per block. One kernel for both passes:
+    it compiles once."""
     N, K, P = z.shape
+    backward = dz.shape[0] > 0
     blocks = (P + PIXEL_BLOCK - 1) // PIXEL_BLOCK
     for task in prange(N * blocks):
         n, p0 = task // blocks, (task % blocks) * PIXEL_BLOCK
         L = min(PIXEL_BLOCK, P - p0)
-        m, total = np.empty(L, z.dtype), np.empty(L, np.float64)
-        _log_sum_exp(z, n, p0, m, total, np.empty((0, 0), z.dtype))
+        mx, tot, cf = m[task], total[task], coef[task]
+        for p in range(L):
+            mx[p], tot[p] = z[n, 0, np.uint64(p0 + p)], 0.0
+        for k in range(1, K):
+            for p in range(L):
+                mx[p] = max(mx[p], z[n, k, np.uint64(p0 + p)])
+        for k in range(K):  # total = sum_k exp(z - max); the backward keeps each exponential in dz
+            for p in range(L):
+                v = math.exp(z[n, k, np.uint64(p0 + p)] - mx[p])
+                tot[p] += v
+                if backward:
+                    dz[n, k, np.uint64(p0 + p)] = v
         for p in range(L):
             label = t[n, p0 + p]
-            if label == ignore_index:
-                loss[n, p0 + p], wsum[n, p0 + p] = 0.0, 0.0
-            else:
-                w = weight[label]
-                loss[n, p0 + p] = w * (m[p] + math.log(total[p]) - z[n, label, p0 + p])
-                wsum[n, p0 + p] = w
+            cf[p] = 0.0 if label == ignore_index else weight[label]
+            if not backward:
+                loss[n, p0 + p] = 0.0 if label == ignore_index else \
+                    cf[p] * (mx[p] + math.log(tot[p]) - z[n, label, p0 + p])
+                wsum[n, p0 + p] = cf[p]
+        if backward:
+            for k in range(K):
+                for p in range(L):
+                    at = np.uint64(p0 + p)
+                    hit = 1.0 if t[n, at] == k else 0.0
+                    v = scale * cf[p] * (dz[n, k, at] / tot[p] - hit)
+                    dz[n, k, at] = 0.0 if t[n, at] == ignore_index else v
 
 
-@njit(parallel=True, cache=True)
-def _softmax_xent_backward(z, t, weight, ignore_index, scale, dz):
-    """dz[n, k, p] = scale w[t] (softmax(z[n, :, p])_k - [k == t]); 0 where t is ignored."""
-    N, K, P = z.shape
-    blocks = (P + PIXEL_BLOCK - 1) // PIXEL_BLOCK
-    for task in prange(N * blocks):
-        n, p0 = task // blocks, (task % blocks) * PIXEL_BLOCK
-        L = min(PIXEL_BLOCK, P - p0)
-        m, total, e = np.empty(L, z.dtype), np.empty(L, np.float64), np.empty((K, L), z.dtype)
-        _log_sum_exp(z, n, p0, m, total, e)
-        coef, label = np.empty(L, np.float64), np.empty(L, np.int64)
-        for p in range(L):
-            label[p] = t[n, p0 + p]
-            coef[p] = 0.0 if label[p] == ignore_index else scale * weight[label[p]]
-        for k in range(K):
-            for p in range(L):
-                hit = 1.0 if label[p] == k else 0.0
-                v = coef[p] * (e[k, p] / total[p] - hit)
-                dz[n, k, np.uint64(p0 + p)] = v if coef[p] != 0.0 else 0.0
+def _loss_scratch(z):
+    N, _, P = z.shape
+    rows = N * -(-P // PIXEL_BLOCK)
+    return np.empty((rows, PIXEL_BLOCK), z.dtype), np.empty((rows, PIXEL_BLOCK)), np.empty((rows, PIXEL_BLOCK))
 
 
 def softmax_xent(z, t, weight, ignore_index):
-    N, _, P = z.shape
+    N, K, P = z.shape
     loss, wsum = np.empty((N, P), np.float64), np.empty((N, P), np.float64)
-    _softmax_xent(np.ascontiguousarray(z), np.ascontiguousarray(t), weight.astype(np.float64), ignore_index,
-                  loss, wsum)
+    _softmax_xent(np.ascontiguousarray(z), np.ascontiguousarray(t), weight.astype(np.float64), ignore_index, 1.0,
+                  loss, wsum, np.empty((0, K, P), z.dtype), *_loss_scratch(z))
     return z.dtype.type(loss.sum()), z.dtype.type(wsum.sum())
 
 
 def softmax_xent_backward(z, t, weight, ignore_index, scale):
+    N, _, P = z.shape
     dz = np.empty(z.shape, dtype=z.dtype)
-    _softmax_xent_backward(np.ascontiguousarray(z), np.ascontiguousarray(t), weight.astype(np.float64),
-                           ignore_index, float(scale), dz)
+    _softmax_xent(np.ascontiguousarray(z), np.ascontiguousarray(t), weight.astype(np.float64), ignore_index,
+                  float(scale), np.empty((0, P)), np.empty((0, P)), dz, *_loss_scratch(z))
     return dz

@@ -139,16 +139,21 @@ def _weight_grad_3x3(xp, gp, dh, dw, out):
 def _place(x, top, left, out):
     """out[n, c] = zeros with x[n, c] at row ``top``, column ``left``: one pass, one (n, c) plane per task."""
     N, C, H, W = x.shape
+    Wp = out.shape[3]
     for nc in prange(N * C):
         n, c = nc // C, nc % C
         for r in range(out.shape[2]):
-            row, h = out[n, c, r], r - top
+            h = r - top
             if h < 0 or h >= H:
-                row[:] = 0
-            else:
-                row[:left] = 0
-                row[left: left + W] = x[n, c, h]
-                row[left + W:] = 0
+                for col in range(Wp):
+                    out[n, c, r, col] = 0
+                continue
+            for col in range(left):
+                out[n, c, r, col] = 0
+            for col in range(W):  # unsigned indices: no negative-index test, so this copy vectorises
+                out[n, c, r, np.uint64(left + col)] = x[n, c, h, np.uint64(col)]
+            for col in range(left + W, Wp):
+                out[n, c, r, col] = 0
 
 
 def _placed(x, shape, top=0, left=0):

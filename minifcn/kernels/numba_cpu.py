@@ -396,7 +396,7 @@ def softmax_xent(z, t, weight, ignore_index):
 
 
 def softmax_xent_backward(z, t, weight, ignore_index, scale):
-    N, _, P = z.shape
+    P = z.shape[2]
     dz = np.empty(z.shape, dtype=z.dtype)
     _softmax_xent(np.ascontiguousarray(z), np.ascontiguousarray(t), weight.astype(np.float64), ignore_index,
                   float(scale), np.empty((0, P)), np.empty((0, P)), dz, *_loss_scratch(z))

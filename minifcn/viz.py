@@ -78,7 +78,7 @@ def class_legend(fig, label_maps, class_names, columns=4):
     shown = sorted(set().union(*(np.unique(m).tolist() for m in label_maps)) - {IGNORE})
     colours = voc_colormap()
     handles = [Patch(color=colours[k] / 255, label=class_names[k]) for k in shown]
-    handles.append(Patch(color=np.array((224, 224, 192)) / 255, label="void (ignored)"))
+    handles.append(Patch(color=colours[IGNORE] / 255, label="void (ignored)"))  # the colour colorize gives void
     fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=9, frameon=False)
     rows = -(-len(handles) // columns)
     return min(0.4, (0.3 + 0.22 * rows) / fig.get_figheight())

@@ -40,7 +40,10 @@ class Tensor:
     __array_priority__ = 1000  # so that ndarray + Tensor calls Tensor.__radd__
 
     def __init__(self, data, requires_grad=False):
-        self.data = to_default_module(as_array(data))
+        data = as_array(data)
+        if data.dtype.kind not in "fiub":  # complex, object, text, dates: no kernel computes in these
+            raise TypeError(f"a Tensor holds real numbers (float, int or bool), not {data.dtype}")
+        self.data = to_default_module(data)
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self._ctx = None  # the Function that produced this tensor, if any

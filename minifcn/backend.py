@@ -17,6 +17,7 @@ minifcn/__init__.py); ``set_num_threads`` sets both.
 
 import importlib
 import os
+import warnings
 
 import numpy as np
 
@@ -24,7 +25,9 @@ from . import arrays
 from .kernels import OPS, reference
 
 BACKENDS = ("numpy", "numba", "cupy")
-_state = {"name": None, "ops": None, "workspace": int(os.environ.get("MINIFCN_WORKSPACE_MB", 128)) << 20}
+DEFAULT_WORKSPACE_MB = 128
+_state = {"name": None, "ops": None, "workspace": DEFAULT_WORKSPACE_MB << 20}
+_environment_errors = []  # one line per environment variable that could not be used (see environment_errors)
 
 
 def available(name):
@@ -121,11 +124,34 @@ def set_num_threads(n):
         pass
 
 
-def _default():
-    name = os.environ.get("MINIFCN_BACKEND")
+def environment_errors():
+    """One line per MINIFCN_* variable whose value could not be used (its default was used instead).
+
+    Importing minifcn never fails for the environment (a warning says what was ignored); the command
+    line refuses to run with these lines, exit 2, yet ``--help`` always works."""
+    return list(_environment_errors)
+
+
+def _from_environment():
+    """Read MINIFCN_WORKSPACE_MB (a whole number of MiB >= 1) and MINIFCN_BACKEND (one of BACKENDS, available
+    here) strictly; a bad value is recorded, warned about, and replaced by the default."""
+    mb = os.environ.get("MINIFCN_WORKSPACE_MB", "").strip()
+    if mb:
+        if mb.isdigit() and int(mb) >= 1:
+            _state["workspace"] = int(mb) << 20
+        else:
+            _environment_errors.append(f"MINIFCN_WORKSPACE_MB={mb!r} must be a whole number of MiB >= 1 "
+                                       f"(default {DEFAULT_WORKSPACE_MB})")
+    name, chosen = os.environ.get("MINIFCN_BACKEND", "").strip(), None
     if name:
-        return set_backend(name)
-    return set_backend("numba" if available("numba") else "numpy")
+        try:
+            chosen = set_backend(name)
+        except (ValueError, RuntimeError) as err:
+            _environment_errors.append(f"MINIFCN_BACKEND={name!r}: {err}")
+    for line in _environment_errors:
+        warnings.warn(f"{line}; using the default", RuntimeWarning, stacklevel=2)
+    if chosen is None:
+        set_backend("numba" if available("numba") else "numpy")
 
 
-_default()
+_from_environment()

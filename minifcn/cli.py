@@ -3,21 +3,28 @@
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
+import warnings
 
-from . import models, weights
+import numpy as np
+
+from . import atomic, backend, models, runlock, weights
 from .data import VOC_CLASSES, VOCSegmentation, synthesize, verify
 from .data.download import download
 from .data.synth import PAINTERS
 from .data.voc import read_image
-from .config import PretrainConfig
+from .config import MAX_CLASSES, PretrainConfig
 from .metrics import format_scores
 from .pretrain import pretrain
 from .train import (TrainConfig, TrainingDiverged, evaluate, load_checkpoint, open_dataset, predict, save_checkpoint,
                     train)
 from .viz import colorize, overlay, save_png, segmentation_figure, training_curves
+
+
+MAX_PREDICT_PIXELS = 1 << 23  # 8.4 million pixels (4096 x 2048): predict's peak stays near 1.5 GB at width 0.125
 
 
 def boolean(text):
@@ -28,8 +35,82 @@ def boolean(text):
     return value
 
 
+def positive_int(text):
+    """An integer >= 1: counts and sizes (a -1 would silently mean 'all but the last')."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1 or str(value) != text.strip().lstrip("+"):
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def count(text):
+    """An integer >= 0."""
+    return 0 if text.strip() == "0" else positive_int(text)
+
+
+def finite_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 OPTIONAL_TYPES = {"crop": int, "train_subset": int, "val_subset": int, "init": str, "image_size": int,
                   "learnable": boolean, "class_weights": str}
+
+# What each setting does (the default is added to each line). train and pretrain share the names.
+HELP = {
+    "out": "the run folder: checkpoint, metrics.jsonl, curves (one run at a time holds it)",
+    "dataset": "voc (a VOCdevkit/VOC2012 folder) or siftflow",
+    "image_size": "siftflow: resize every image to this square size first",
+    "model": "the net: fcn32s, fcn16s, fcn8s, or the pixelwise baseline",
+    "width": "channel width relative to VGG16 (1 = 64 ... 512 channels; 0.125 trains on a CPU)",
+    "fc_width": "channels of fc6 and fc7 (VGG16: 4096)",
+    "input_mode": "pad100: the paper's 100-px pad and crops; pad32: pad to a multiple of 32 (cheaper)",
+    "upsampling": "paper: final upsampler fixed bilinear, the 2x ones learned; learned: all learn; fixed: none",
+    "learnable": "older switch for --upsampling: true = learned, false = fixed",
+    "freeze_body": "train only the score layers (the paper's FCN-32s-fixed)",
+    "preprocess": "input normalisation the weights expect: imagenet (RGB) or caffe (BGR minus mean)",
+    "fc6_kernel": "fc6's window on pool5: 7 as in VGG16; crop/32 when starting from a 'pretrain' classifier",
+    "num_classes": "classes scored, void excluded (VOC: 21, SIFT Flow: 33; at most 255)",
+    "epochs": "passes over the training split",
+    "batch_size": "images per step",
+    "accum_steps": "batches whose gradients are summed before each step (a larger effective batch)",
+    "lr": "learning rate (SGD: about 1e-2 for the paper's nets; Adam: about 1e-3)",
+    "optimizer": "sgd (with momentum, as in the paper) or adam (AdamW)",
+    "momentum": "SGD's momentum",
+    "weight_decay": "L2 penalty on the weights (biases are not decayed)",
+    "lr_policy": "poly: lr (1 - step/total)^0.9; fixed: constant",
+    "warmup_steps": "steps over which the rate ramps up linearly from 0",
+    "loss_reduction": "mean over valid pixels, or sum (the paper's unnormalised loss)",
+    "class_weights": "balanced: weight each class by its inverse pixel frequency (capped); unset: equal",
+    "crop": "train on random crops of this size (pixels); unset: whole images",
+    "train_split": "the split list the net trains on",
+    "val_split": "the split list validated on after each epoch",
+    "train_subset": "use only the first N training images",
+    "val_subset": "use only the first N validation images",
+    "init": "start from these weights: a minifcn checkpoint or classifier (.npz) or a PyTorch .pth",
+    "seed": "seed of every random draw (order, augmentation, dropout, initialisation)",
+    "checkpoint_every": "steps between checkpoints (and one at every epoch's end)",
+    "val_every": "epochs between validation passes (0: never during training)",
+    "crops_per_image": "classification crops cut from each training image per epoch",
+}
+PRETRAIN_HELP = {**HELP,
+                 "out": "the run folder: classifier.npz and pretrain.json (one run at a time holds it)",
+                 "num_classes": "classes of the segmentation labels the crops are named after",
+                 "crop": "crop size: 32 times an odd number (the FCN then uses --fc6-kernel crop/32)",
+                 "lr": "Adam's learning rate (linear warm-up, then poly decay)",
+                 "epochs": "passes over the training images"}
+
+
+def describe(field, help_texts):
+    return f"{help_texts[field.name]} (default {field.default})"
 
 
 def add_train_options(p):
@@ -39,7 +120,7 @@ def add_train_options(p):
             continue
         kind = OPTIONAL_TYPES.get(field.name, type(field.default))
         p.add_argument("--" + field.name.replace("_", "-"), type=boolean if kind is bool else kind,
-                       default=field.default, help=f"(default {field.default})")
+                       default=field.default, help=describe(field, HELP))
 
 
 def config_from(args):
@@ -65,6 +146,10 @@ def cmd_pretrain(args):
 def cmd_eval(args):
     config, model, _ = load_checkpoint(args.checkpoint)
     dataset = open_dataset(dataclasses.replace(config, data=args.data or config.data), args.split, args.subset)
+    if len(dataset.classes) != config.num_classes:
+        raise ValueError(f"{args.checkpoint} scores {config.num_classes} classes but {dataset.root} has "
+                         f"{len(dataset.classes)} ({config.dataset}); evaluate it on data labelled with its own "
+                         f"classes")
     verify(dataset, "evaluation")  # an empty split or a broken file: one line, not "pixel acc nan"
     result = evaluate(model, dataset, config.batch_size, config.num_classes, progress=True).scores()
     print(format_scores(result, dataset.classes))
@@ -85,7 +170,7 @@ def cmd_predict(args):
     _, model, _ = load_checkpoint(args.checkpoint)
     os.makedirs(args.output, exist_ok=True)
     for path in args.images:
-        image = read_image(path)
+        image = read_image(path, args.max_pixels)
         label = predict(model, image)
         stem = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0])
         save_png(stem + "_mask.png", colorize(label))
@@ -94,6 +179,8 @@ def cmd_predict(args):
 
 
 def cmd_summary(args):
+    if args.num_classes > MAX_CLASSES:
+        raise ValueError(f"--num-classes must be at most {MAX_CLASSES} (label maps are 8-bit, 255 marks void)")
     model = models.build(args.model, num_classes=args.num_classes, width=args.width, fc_width=args.fc_width,
                          input_mode=args.input_mode)
     s = models.summary(model, tuple(args.size))
@@ -109,6 +196,9 @@ def cmd_data(args):
             raise ValueError(f"{args.root} already holds a dataset ({lists}); choose another --root, or add "
                              f"--force to write over it")
         synthesize(args.root, args.train, args.val, args.size, args.seed, args.layouts, style=args.style)
+        for split, n in (("train", args.train), ("val", args.val)):  # every file is there and opens
+            if n:
+                verify(VOCSegmentation(args.root, split), f"written {split}")
         print(f"wrote a VOC-format dataset to {args.root}")
     else:
         print(f"VOC2012 ready at {download(args.name, args.root)}")
@@ -137,9 +227,16 @@ def imported_model(state, model=None, num_classes=None, preprocess=None):
 
 
 def cmd_weights(args):
+    atomic.remove_leftovers(args.out)  # a killed import's partial file
     if os.path.exists(args.out) and not args.force:
         raise ValueError(f"{args.out} exists; choose another --out or add --force to replace it")
+    if args.num_classes is not None and args.num_classes > MAX_CLASSES:
+        raise ValueError(f"--num-classes must be at most {MAX_CLASSES} (label maps are 8-bit, 255 marks void)")
     state = weights.state_dict_of(weights.load_pth(args.file))
+    broken = [name for name, v in state.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+    if broken:
+        raise ValueError(f"{args.file}: tensor {broken[0]} holds NaN or infinite values"
+                         + (f" (and {len(broken) - 1} more)" if len(broken) > 1 else "") + "; nothing was written")
     config, model = imported_model(state, args.model, args.num_classes, args.preprocess)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     save_checkpoint(args.out, config, model, meta={"step": 0, "epoch": 0, "imported_from": os.path.abspath(args.file)})
@@ -171,6 +268,12 @@ def demo_pretrain_config(args):
 
 def cmd_demo(args):
     """The main job: synthetic data -> train a small FCN-8s -> evaluate -> pictures of predictions and curves."""
+    os.makedirs(args.out, exist_ok=True)
+    with runlock.hold(args.out):  # one demo per folder, from its data to its last picture
+        _demo(args)
+
+
+def _demo(args):
     start = time.time()
     data = demo_data(args)
     if not os.path.exists(os.path.join(data, "ImageSets")):
@@ -189,8 +292,7 @@ def cmd_demo(args):
     figure = segmentation_figure(rows, VOC_CLASSES, os.path.join(args.out, "predictions.png"),
                                  "FCN-8s on held-out images of the demo's data")
     curves = training_curves(os.path.join(args.out, "metrics.jsonl"), os.path.join(args.out, "curves.png"))
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    atomic.write_bytes(os.path.join(args.out, "metrics.json"), json.dumps(result, indent=1).encode())
     print(f"checkpoint {os.path.join(args.out, 'checkpoint.npz')}, metrics {os.path.join(args.out, 'metrics.json')}, "
           f"predictions {figure}, curves {curves}; {time.time() - start:.0f} s")
 
@@ -207,7 +309,7 @@ def parser():
     sub = root.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train an FCN on a VOC-format folder")
-    p.add_argument("--data", required=True, help="a VOCdevkit/VOC2012-style folder")
+    p.add_argument("--data", required=True, help="a VOCdevkit/VOC2012-style folder (or SIFT Flow, --dataset)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a run")
     add_train_options(p)
@@ -218,48 +320,56 @@ def parser():
     for field in dataclasses.fields(PretrainConfig):
         if field.name not in ("data", "scale"):
             p.add_argument("--" + field.name.replace("_", "-"), default=field.default,
-                           type=OPTIONAL_TYPES.get(field.name, type(field.default)), help=f"(default {field.default})")
-    p.add_argument("--scale", type=float, nargs=2, default=(1.0, 1.0), help="image resize range before cropping")
+                           type=OPTIONAL_TYPES.get(field.name, type(field.default)),
+                           help=describe(field, PRETRAIN_HELP))
+    p.add_argument("--scale", type=float, nargs=2, default=(1.0, 1.0),
+                   help="range of the factor images are resized by before cropping (default 1 1)")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("eval", help="the four metrics and a per-class table")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", help="defaults to the folder the checkpoint was trained on")
-    p.add_argument("--split", default="val")
-    p.add_argument("--subset", type=int)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.npz from train or weights import")
+    p.add_argument("--data", help="the dataset folder (default: the one the checkpoint was trained on)")
+    p.add_argument("--split", default="val", help="the split list to score (default val)")
+    p.add_argument("--subset", type=positive_int, help="score only the first N images of the split")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="colourised masks and overlays for images")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("-o", "--output", default="predictions")
+    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.npz from train or weights import")
+    p.add_argument("-o", "--output", default="predictions",
+                   help="folder for NAME_mask.png and NAME_overlay.png (default predictions)")
+    p.add_argument("--max-pixels", type=positive_int, default=MAX_PREDICT_PIXELS,
+                   help=f"refuse larger images (default {MAX_PREDICT_PIXELS:,}: about 1.5 GB at width 0.125; "
+                        f"memory grows with pixels times width)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("summary", help="the paper's Table 1 row for a model")
-    p.add_argument("--model", default="fcn8s", choices=sorted(models.MODELS))
-    p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--fc-width", type=int, default=4096)
-    p.add_argument("--num-classes", type=int, default=21)
-    p.add_argument("--input-mode", default="pad100", choices=models.fcn.INPUT_MODES)
-    p.add_argument("--size", type=int, nargs=2, default=(500, 500))
+    p.add_argument("--model", default="fcn8s", choices=sorted(models.MODELS), help="the net (default fcn8s)")
+    p.add_argument("--width", type=finite_float, default=1.0, help="channel width relative to VGG16 (default 1)")
+    p.add_argument("--fc-width", type=positive_int, default=4096, help="channels of fc6 and fc7 (default 4096)")
+    p.add_argument("--num-classes", type=positive_int, default=21, help="classes scored (default 21)")
+    p.add_argument("--input-mode", default="pad100", choices=models.fcn.INPUT_MODES,
+                   help="pad100 (the paper's) or pad32 (default pad100)")
+    p.add_argument("--size", type=positive_int, nargs=2, default=(500, 500), metavar=("H", "W"),
+                   help="input height and width in pixels (default 500 500)")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("data", help="make or fetch a dataset")
     actions = p.add_subparsers(dest="action", required=True)
     s = actions.add_parser("synth", help="write the synthetic VOC-format dataset")
-    s.add_argument("--root", required=True)
-    s.add_argument("--train", type=int, default=200)
-    s.add_argument("--val", type=int, default=50)
-    s.add_argument("--size", type=int, default=96)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--root", required=True, help="the folder to write (VOCdevkit/VOC2012 layout)")
+    s.add_argument("--train", type=positive_int, default=200, help="training images (default 200)")
+    s.add_argument("--val", type=count, default=50, help="validation images (default 50)")
+    s.add_argument("--size", type=positive_int, default=96, help="image side in pixels, at least 8 (default 96)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the drawing (default 0)")
     s.add_argument("--layouts", help="a folder of real VOC palette PNGs to paint instead of drawn shapes")
     s.add_argument("--style", default="plain", choices=sorted(PAINTERS),
                    help="plain: overlapping class colours; texture: classes differ only by texture; "
                         "tinted: texture plus a class hue shared by two classes")
     s.add_argument("--force", action="store_true", help="write over a dataset already in --root")
     d = actions.add_parser("download", help="fetch and unpack an official archive (MD5-checked, resumable)")
-    d.add_argument("name", choices=["voc2012"])
-    d.add_argument("--root", required=True)
+    d.add_argument("name", choices=["voc2012"], help="the dataset")
+    d.add_argument("--root", required=True, help="the folder to download and unpack into")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("weights", help="bring in weights from a PyTorch file")
@@ -269,21 +379,24 @@ def parser():
     w.add_argument("--out", required=True, help="the checkpoint .npz to write")
     w.add_argument("--model", choices=["fcn32s", "fcn16s", "fcn8s"],
                    help="for VGG16: the FCN to build on it (default fcn8s); for an FCN file: a check")
-    w.add_argument("--num-classes", type=int, help="for VGG16: classes of the new score layers (default 21)")
+    w.add_argument("--num-classes", type=positive_int,
+                   help="for VGG16: classes of the new score layers (default 21)")
     w.add_argument("--preprocess", choices=["imagenet", "caffe"],
                    help="input normalisation the weights expect (default: imagenet for VGG16, caffe for an FCN)")
     w.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_weights)
 
     p = sub.add_parser("demo", help="the main job: synth data, train FCN-8s, evaluate, draw predictions")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam's rate (after 100 warm-up steps, poly decay)")
-    p.add_argument("--train", type=int, default=3000, help="generated training images")
-    p.add_argument("--val", type=int, default=50)
-    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--out", default="runs/demo", help="the run folder (default runs/demo)")
+    p.add_argument("--epochs", type=positive_int, default=5, help="training epochs (default 5)")
+    p.add_argument("--lr", type=finite_float, default=3e-3,
+                   help="Adam's rate (after 100 warm-up steps, poly decay; default 0.003)")
+    p.add_argument("--train", type=positive_int, default=3000, help="generated training images (default 3000)")
+    p.add_argument("--val", type=positive_int, default=50, help="generated validation images (default 50)")
+    p.add_argument("--size", type=positive_int, default=96, help="side of the generated images (default 96)")
     p.add_argument("--pretrain", action="store_true", help="start from a classifier trained on crops first")
-    p.add_argument("--pretrain-epochs", type=int, default=2)
+    p.add_argument("--pretrain-epochs", type=positive_int, default=2,
+                   help="the classifier's epochs with --pretrain (default 2)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("plot", help="draw RUN/curves.png: train loss and validation mean IU per epoch")
@@ -292,19 +405,38 @@ def parser():
     return root
 
 
+DEBUG_VALUES = {"": False, "0": False, "false": False, "no": False, "off": False,
+                "1": True, "true": True, "yes": True, "on": True}
+
+
 def main(argv=None):
     """Run a command; a bad input or a failed file operation is one line on stderr and exit code 2."""
-    args = parser().parse_args(argv)
+    args = parser().parse_args(argv)  # --help and usage errors end here, whatever the environment holds
+    debug_text = os.environ.get("MINIFCN_DEBUG", "").strip()
+    problems = backend.environment_errors()
+    if debug_text.lower() not in DEBUG_VALUES:
+        problems.append(f"MINIFCN_DEBUG={debug_text!r} must be 1/true/yes/on or 0/false/no/off")
+    if problems:
+        print(f"minifcn: error: {'; '.join(problems)}", file=sys.stderr)
+        return 2
+    debug = args.debug or DEBUG_VALUES[debug_text.lower()]
     try:
-        args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            args.func(args)
     except (OSError, ValueError, TrainingDiverged) as err:
-        if args.debug or os.environ.get("MINIFCN_DEBUG", "") not in ("", "0"):
+        if debug:
             raise
-        print(f"minifcn: error: {err}", file=sys.stderr)
+        plain = isinstance(err, OSError) and err.strerror and err.filename is None  # our own message, no "[Errno]"
+        print(f"minifcn: error: {err.strerror if plain else err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"minifcn: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

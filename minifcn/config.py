@@ -5,6 +5,10 @@ import math
 
 from . import models
 from .data.transforms import PREPROCESS
+from .models.shapes import check_size
+
+MAX_CLASSES = 255  # label maps are uint8 and 255 marks void: classes 0 ... 254
+MAX_SIDE = 4096  # pixels: the largest --image-size or --crop a setting may ask for
 
 
 @dataclasses.dataclass
@@ -50,6 +54,7 @@ class TrainConfig:
         def bad(name, need):
             raise ValueError(f"{name.replace('_', '-')} must be {need}, got {getattr(self, name)!r}")
 
+        self.scale = tuple(self.scale)  # JSON gives a list back
         for name in ("epochs", "batch_size", "accum_steps", "checkpoint_every", "num_classes", "fc_width",
                      "fc6_kernel"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
@@ -57,13 +62,18 @@ class TrainConfig:
         for name in ("crop", "image_size", "train_subset", "val_subset"):
             if getattr(self, name) is not None and (not _is_int(getattr(self, name)) or getattr(self, name) < 1):
                 bad(name, "an integer >= 1 (or unset)")
+        for name in ("crop", "image_size"):
+            if getattr(self, name) is not None and getattr(self, name) > MAX_SIDE:
+                bad(name, f"at most {MAX_SIDE} pixels")
+        if self.num_classes > MAX_CLASSES:
+            bad("num_classes", f"at most {MAX_CLASSES} (label maps are 8-bit and 255 marks void)")
         for name in ("warmup_steps", "val_every"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 bad(name, "an integer >= 0")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             bad("lr", "a finite number > 0")
-        if not (isinstance(self.width, (int, float)) and self.width > 0):
-            bad("width", "a number > 0")
+        if not (isinstance(self.width, (int, float)) and math.isfinite(self.width) and self.width > 0):
+            bad("width", "a finite number > 0")
         if not 0 <= self.momentum < 1 or not self.weight_decay >= 0:
             raise ValueError(f"momentum must be in [0, 1) and weight-decay >= 0, got {self.momentum}, "
                              f"{self.weight_decay}")
@@ -79,6 +89,10 @@ class TrainConfig:
         for name in ("learnable", "freeze_body"):
             if getattr(self, name) not in ((None, True, False) if name == "learnable" else (True, False)):
                 bad(name, "true or false")
+        for name in ("momentum", "weight_decay"):
+            if not (isinstance(getattr(self, name), (int, float)) and math.isfinite(getattr(self, name))):
+                bad(name, "a finite number")
+        check_size(models.shapes.model_shapes(self.model, **self.model_config()))
 
     def model_config(self):
         return dict(num_classes=self.num_classes, width=self.width, fc_width=self.fc_width,
@@ -119,6 +133,12 @@ class PretrainConfig:
         for name in ("num_classes", "fc_width", "crops_per_image", "epochs", "batch_size"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be an integer >= 1, got {getattr(self, name)!r}")
+        if not (isinstance(self.width, (int, float)) and math.isfinite(self.width) and self.width > 0):
+            raise ValueError(f"width must be a finite number > 0, got {self.width!r}")
+        if self.num_classes > MAX_CLASSES or (self.image_size is not None and not
+                                              (_is_int(self.image_size) and 1 <= self.image_size <= MAX_SIDE)):
+            raise ValueError(f"num-classes must be at most {MAX_CLASSES} and image-size 1 ... {MAX_SIDE}, got "
+                             f"{self.num_classes!r}, {self.image_size!r}")
         if not (_is_int(self.crop) and self.crop % 32 == 0 and (self.crop // 32) % 2 == 1):
             raise ValueError(f"crop must be 32 times an odd number (32, 96, 160, 224: fc6's window is then "
                              f"centred on a pool5 pixel), got {self.crop!r}")
@@ -129,6 +149,9 @@ class PretrainConfig:
         if self.dataset not in ("voc", "siftflow") or self.preprocess not in PREPROCESS:
             raise ValueError(f"dataset must be voc or siftflow and preprocess one of {PREPROCESS}, got "
                              f"{self.dataset!r}, {self.preprocess!r}")
+        if self.crop > MAX_SIDE:
+            raise ValueError(f"crop must be at most {MAX_SIDE} pixels, got {self.crop}")
+        check_size(models.shapes.classifier_shapes(self.num_classes, self.width, self.fc_width, self.crop))
 
     @property
     def fc6_kernel(self):

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from . import atomic
 from .metrics import ConfusionMatrix, boundary_band
 from .train import load_checkpoint, open_dataset, predict, predictions, train
 
@@ -41,10 +42,7 @@ def _read_json(path, default=None):
 
 
 def _write_json(path, value):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(tmp, path)
+    atomic.write_bytes(path, json.dumps(value, indent=1).encode())
 
 
 def run_stages(stages, band_width=3, exclude_absent=False, log=print, only=None, progress=True, jobs=1):

@@ -4,6 +4,8 @@ Every function here takes Tensors (an ndarray argument is a constant) and
 returns a Tensor; ``im2col``/``col2im`` work on plain arrays.
 """
 
+import math
+
 import numpy as np
 
 from . import backend, workspace
@@ -256,6 +258,8 @@ def softmax_cross_entropy(logits, target, ignore_index=255, reduction="mean", we
                          f"(expected {z.shape[:1] + z.shape[2:]})")
     if t.dtype.kind not in "iu":
         raise ValueError(f"target must hold integer labels, got dtype {t.dtype}")
+    if z.shape[0] == 0 or math.prod(z.shape[2:]) == 0:
+        raise ValueError(f"an empty batch (logits of shape {z.shape}) has no loss: skip it rather than train on it")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     K = z.shape[1]
@@ -267,5 +271,9 @@ def softmax_cross_entropy(logits, target, ignore_index=255, reduction="mean", we
         weight = as_array(weight)
         if weight.shape != (K,):
             raise ValueError(f"class weight of shape {weight.shape} does not match {K} classes")
+        host = np.asarray(weight.get() if hasattr(weight, "get") else weight, dtype=np.float64)
+        if not np.isfinite(host).all() or (host < 0).any() or not host.any():
+            raise ValueError(f"class weights must be finite, >= 0 and not all 0 (a negative weight turns the loss "
+                             f"into a reward; all 0 learns nothing), got {host.tolist()[:8]}")
     return SoftmaxCrossEntropy.apply(logits, Tensor(t.astype(np.int64)), ignore_index=ignore_index,
                                      reduction=reduction, weight=weight)

@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from . import atomic, nn, runlock
 from . import functional as F
-from . import nn
 from .autograd import Tensor, no_grad
 from .checkpoint import load_classifier, read_checkpoint, save_checkpoint
 from .config import PretrainConfig  # noqa: F401  (the settings of this stage live with the others)
@@ -100,6 +100,13 @@ def pretrain(config, resume=True, progress=True, log=print):
         if len(split) == 0:
             raise ValueError(f"the {name} split of {config.data} is empty")
     os.makedirs(config.out, exist_ok=True)
+    with runlock.hold(config.out, log):
+        return _pretrain(config, path, train_set, val_set, resume, progress, log)
+
+
+def _pretrain(config, path, train_set, val_set, resume, progress, log):
+    """The body of ``pretrain``, run while --out is locked."""
+    atomic.remove_leftovers(path, log)
     classifier = VGGClassifier(config.num_classes, config.width, config.fc_width, config.crop, config.seed)
     classifier.fc8.weight.data[...] = 0  # start from no opinion (loss log K), as the FCN's scorers do
     epochs, history = 0, []
@@ -150,6 +157,5 @@ def pretrain(config, resume=True, progress=True, log=print):
             log(f"epoch {epoch + 1}/{config.epochs}: loss {history[-1]['loss']:.3f}, crop accuracy "
                 f"{100 * history[-1]['val_accuracy']:.1f} %")
     bar.close()
-    with open(os.path.join(config.out, "pretrain.json"), "w") as f:
-        json.dump(history, f, indent=1)
+    atomic.write_bytes(os.path.join(config.out, "pretrain.json"), json.dumps(history, indent=1).encode())
     return classifier, history

@@ -15,8 +15,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from . import atomic, models, nn, runlock
 from . import functional as F
-from . import models, nn
 from .checkpoint import (CheckpointError, initialize, load_checkpoint, read_checkpoint,  # noqa: F401 (re-exported)
                          save_checkpoint)
 from .config import TrainConfig  # noqa: F401 (re-exported: minifcn.train.TrainConfig)
@@ -112,8 +112,8 @@ def class_weights(dataset, num_classes):
     return weights
 
 
-def _prepare_out(config, resume, overwrite, ckpt_path, log_path):
-    """Create --out, prove it is writable, and never start over a finished run by accident."""
+def _make_out(config):
+    """Create --out and prove it is writable, before anything is trained."""
     try:
         os.makedirs(config.out, exist_ok=True)
         probe = os.path.join(config.out, ".minifcn-write-test")
@@ -122,6 +122,11 @@ def _prepare_out(config, resume, overwrite, ckpt_path, log_path):
         os.remove(probe)
     except OSError as err:
         raise OSError(f"--out {config.out} is not a writable folder ({err.strerror or err})") from None
+
+
+def _prepare_out(config, resume, overwrite, ckpt_path, log_path, log):
+    """Never start over a finished run by accident; clear what a killed writer left half-written."""
+    atomic.remove_leftovers(ckpt_path, log)
     if os.path.exists(ckpt_path) and not resume:
         if not overwrite:
             raise ValueError(f"{config.out} already holds a run ({ckpt_path}); continue it with --resume, or "
@@ -148,10 +153,7 @@ def _agree_with_checkpoint(log_path, last):
             if record["step"] > last:
                 break
             kept.append(line if line.endswith("\n") else line + "\n")
-    scratch = log_path + ".tmp"
-    with open(scratch, "w") as f:
-        f.writelines(kept)
-    os.replace(scratch, log_path)
+    atomic.write_bytes(log_path, "".join(kept).encode())
 
 
 def _check_resumable(stored, config, ckpt_path):
@@ -170,17 +172,27 @@ def train(config, resume=False, max_steps=None, progress=True, log=print, overwr
 
     Before the first step, both splits are checked (not empty, every file readable) and --out is made
     and proven writable; an --out holding a checkpoint needs ``resume`` (continue it) or ``overwrite``.
+    The run holds --out's lock throughout (``runlock``): a second run into the same folder is refused.
     A checkpoint is written only while the loss and every weight are finite, so the one on disk is
     always good. The end of an epoch -- validation and its line in metrics.jsonl -- is recorded in the
     checkpoint as pending until done, so a run interrupted there finishes it when resumed; resuming also
     cuts the log back to the epochs the checkpoint knows were logged.
     """
-    ckpt_path, log_path = os.path.join(config.out, "checkpoint.npz"), os.path.join(config.out, "metrics.jsonl")
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite starts it again: give one of them")
     train_set = open_dataset(config, config.train_split, config.train_subset)
     val_set = open_dataset(config, config.val_split, config.val_subset)
     verify(train_set, "training")
     verify(val_set, "validation")
-    _prepare_out(config, resume, overwrite, ckpt_path, log_path)
+    _make_out(config)
+    with runlock.hold(config.out, log):
+        return _train(config, train_set, val_set, resume, max_steps, progress, log, overwrite)
+
+
+def _train(config, train_set, val_set, resume, max_steps, progress, log, overwrite):
+    """The body of ``train``, run while --out is locked."""
+    ckpt_path, log_path = os.path.join(config.out, "checkpoint.npz"), os.path.join(config.out, "metrics.jsonl")
+    _prepare_out(config, resume, overwrite, ckpt_path, log_path, log)
     model = models.build(config.model, **config.model_config())
     if config.init:  # staged training, or a pre-trained classifier: copy every weight that fits
         copied, fresh = initialize(model, config.init)
@@ -245,8 +257,12 @@ def train(config, resume=False, max_steps=None, progress=True, log=print, overwr
         if config.val_every and (epoch_done % config.val_every == 0 or record["step"] == total_steps):
             cm = evaluate(model, val_set, config.batch_size, config.num_classes)
             record.update({k: v for k, v in cm.scores().items() if not k.startswith("class")})
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            raise OSError(err.errno, f"could not append epoch {epoch_done} to {log_path} ({err.strerror or err}); "
+                                     f"the last checkpoint is intact, and --resume logs the epoch again") from None
         if not progress:  # no bar to watch: one line per epoch instead
             log(f"epoch {epoch_done}/{config.epochs}: " + ", ".join(
                 f"{k} {v:.3f}" for k, v in record.items() if k not in ("epoch", "step")))
@@ -306,7 +322,11 @@ def train(config, resume=False, max_steps=None, progress=True, log=print, overwr
 
 
 def predict(model, image):
-    """Class indices (H, W) for one uint8 HxWx3 image."""
+    """Class indices (H, W) for one uint8 HxWx3 image, as uint8 (255 is void, so at most 255 classes)."""
     model.eval()
     with no_grad():
-        return model(Tensor(normalize(image, model.preprocess)[None])).numpy().argmax(axis=1)[0].astype(np.uint8)
+        scores = model(Tensor(normalize(image, model.preprocess)[None])).numpy()
+    if scores.shape[1] > 255:
+        raise ValueError(f"the model scores {scores.shape[1]} classes; label maps hold at most 255 (0-254, with "
+                         f"255 for void)")
+    return scores.argmax(axis=1)[0].astype(np.uint8)

@@ -3,6 +3,7 @@
 import numpy as np
 from PIL import Image
 
+from .atomic import write_atomically
 from .data.voc import IGNORE, voc_colormap
 
 
@@ -42,7 +43,9 @@ def panel(rows, gap=4, scale=2):
 
 
 def save_png(path, rgb):
-    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(path)
+    """Write an RGB (or grey) uint8 image as PNG, atomically: a killed run leaves no half-written file."""
+    image = Image.fromarray(np.asarray(rgb, dtype=np.uint8))
+    return write_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def prediction_grid(rows, names, path, title=None, class_names=None):
@@ -63,7 +66,7 @@ def prediction_grid(rows, names, path, title=None, class_names=None):
         maps = [m for _, truth, preds in rows for m in (truth, *preds.values())]
         bottom = class_legend(fig, maps, class_names, columns=len(names) + 3)
     fig.tight_layout(rect=(0, bottom, 1, 1))
-    fig.savefig(path, dpi=100)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
     return path
 
@@ -98,10 +101,28 @@ def draw_predictions(axes, rows, names, fontsize=11):
 
 
 def read_log(path):
-    """The epochs of a training log (metrics.jsonl), in order."""
+    """The epochs of a training log (metrics.jsonl), in order.
+
+    A half-written last line (a run stopped while appending it) is skipped with a warning, as resume
+    does; a bad line anywhere else is an error naming the file and line."""
     import json
+    import warnings
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [(n, line) for n, line in enumerate(f, start=1) if line.strip()]
+    records = []
+    for i, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "epoch" not in record:
+                raise ValueError("not an epoch record")
+        except ValueError as err:
+            if i == len(lines) - 1 and not line.endswith("\n"):
+                warnings.warn(f"{path}, line {number}: skipped a half-written last line", RuntimeWarning,
+                              stacklevel=2)
+                break
+            raise ValueError(f"{path}, line {number} is not an epoch record ({err})") from None
+        records.append(record)
+    return records
 
 
 def training_curves(log_path, path, title=None):
@@ -128,7 +149,7 @@ def training_curves(log_path, path, title=None):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
     return path
 
@@ -149,7 +170,7 @@ def segmentation_figure(rows, class_names, path, title=None):
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, bottom, 1, 1))
-    fig.savefig(path, dpi=100)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
     return path
 

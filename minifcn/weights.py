@@ -17,8 +17,16 @@ stride)``, and that is what ``load_pth`` returns, as an ndarray of its own.
 
 Unpickling runs whatever callables a file names, so an unchecked .pth can run
 any code (``os.system``...). The unpickler below resolves only the handful of
-names a checkpoint needs, each to a stand-in written here; any other name is
-refused, naming it, before anything from the file runs.
+names a checkpoint needs, each to a stand-in made afresh for every load; any
+other name is refused, naming it, before anything from the file runs. BUILD
+(``__setstate__``/setattr on an object) is applied only to the dicts the file
+itself made: nothing a file says can change the reader or a later load.
+
+A file may also ask for memory: a storage viewed with stride 0, or one
+tensor named a thousand times, unfolds far beyond the file's own size, and a
+compressed zip record inflates. Records must be stored uncompressed (as
+``torch.save`` writes them), a tensor named twice comes back as one shared
+array, and all the arrays one load makes are held to ``max_bytes``.
 """
 
 import collections
@@ -33,6 +41,7 @@ import numpy as np
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 MAX_EXPANDED = 1 << 28  # elements a stride-0 (expanded) tensor may unfold to: a file cannot ask for more memory
+MAX_LOAD_BYTES = 2 << 30  # bytes of arrays one load may make (VGG16 is 0.55 GB); load_pth(max_bytes=...) raises it
 LEGACY_PROTOCOL = 1001
 
 STORAGE_DTYPES = {
@@ -45,10 +54,19 @@ STORAGE_DTYPES = {
 
 
 class StorageType:
-    """What ``torch.FloatStorage`` & co. resolve to: just the element type."""
+    """What ``torch.FloatStorage`` & co. resolve to: just the element type; made per load, and frozen."""
+
+    __slots__ = ("name", "dtype")
 
     def __init__(self, name):
-        self.name, self.dtype = name, np.dtype(STORAGE_DTYPES[name])
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dtype", np.dtype(STORAGE_DTYPES[name]))
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"torch.{self.name} is read-only")
+
+    def __repr__(self):
+        return f"torch.{self.name}"
 
 
 class Storage:
@@ -72,8 +90,8 @@ class PendingTensor:
     def __init__(self, storage, offset, size, stride):
         self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
 
-    def array(self):
-        """``as_strided(storage[offset:], size, stride)``, copied into an array of its own."""
+    def array(self, budget):
+        """``as_strided(storage[offset:], size, stride)``, copied into an array of its own (``budget.take``s it)."""
         data = self.storage.data()
         if not all(isinstance(n, int) and n >= 0 for n in (self.offset, *self.size, *self.stride)):
             raise ValueError(f"tensor of size {self.size}, stride {self.stride}, offset {self.offset}: not a layout")
@@ -86,6 +104,7 @@ class PendingTensor:
         if int(np.prod(self.size)) > max(len(data), MAX_EXPANDED):  # only stride-0 tensors reuse elements
             raise ValueError(f"tensor of size {self.size} repeats its {len(data)} stored elements more than "
                              f"{MAX_EXPANDED:,} times over")
+        budget.take(int(np.prod(self.size)) * data.itemsize, self.size)
         view = np.lib.stride_tricks.as_strided(data[self.offset:], self.size,
                                                [s * data.itemsize for s in self.stride], writeable=False)
         array = np.array(view, dtype=data.dtype.newbyteorder("="), order="C")  # native byte order
@@ -125,7 +144,11 @@ def _scalar(dtype, data=None):
 
 
 def _dtype(name, align=False, copy=False):
-    dtype = np.dtype(name)
+    """A dtype of this load's own: pickled dtypes get BUILD (``__setstate__``), which must never reach numpy's
+    shared float32."""
+    if not isinstance(name, str):
+        raise ValueError(f"numpy dtype {name!r:.40}: expected a type name")
+    dtype = np.dtype(name, align=bool(align), copy=True)
     if dtype.hasobject:
         raise ValueError(f"numpy dtype {name!r} holds Python objects: not allowed in a checkpoint")
     return dtype
@@ -136,7 +159,9 @@ def _encode(text, encoding="latin1"):
     return text.encode(encoding)
 
 
-ALLOWED = {
+def allowed_globals():
+    """The names a checkpoint may use, each resolved to a fresh stand-in (storage types are per load)."""
+    return {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
@@ -152,19 +177,42 @@ ALLOWED = {
     ("numpy", "dtype"): _dtype,
     ("_codecs", "encode"): _encode,
     **{("torch", name): StorageType(name) for name in STORAGE_DTYPES},
-}
+    }
 
 
-class _Unpickler(pickle.Unpickler):
-    """Resolves only ALLOWED names; storages come from ``storage(type, key, numel, view)``."""
+ALLOWED = frozenset(allowed_globals())  # the names only; each load resolves them afresh
+
+
+class Budget:
+    """The bytes of arrays one load has made, held to ``limit`` (a file cannot ask for more than that)."""
+
+    def __init__(self, path, limit):
+        self.path, self.limit, self.used = path, limit, 0
+
+    def take(self, nbytes, what):
+        self.used += nbytes
+        if self.used > self.limit:
+            raise ValueError(f"{self.path}: its tensors would take more than {self.limit:,} bytes (at a tensor of "
+                             f"size {tuple(what)}); a checkpoint is refused beyond that. If you trust the file, "
+                             f"raise the limit: load_pth(path, max_bytes=N)")
+
+
+class _Unpickler(pickle._Unpickler):
+    """Resolves only ALLOWED names; storages come from ``storage(type, key, numel, view)``.
+
+    The pure-Python unpickler (a checkpoint's pickle is small: the tensors' bytes lie beside it), so that
+    BUILD can be checked opcode by opcode; the C one applies it to anything.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file, path, storage=None):
         super().__init__(file)
-        self.path, self.storage = path, storage
+        self.path, self.storage, self.names = path, storage, allowed_globals()
 
     def find_class(self, module, name):
         try:
-            return ALLOWED[(module, name)]
+            return self.names[(module, name)]
         except KeyError:
             raise ValueError(f"{self.path}: refused to load the global {module}.{name}; a checkpoint needs only "
                              f"tensors, storages, numbers, strings and containers (nothing from the file was "
@@ -172,33 +220,75 @@ class _Unpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and pid and pid[0] in ("storage", b"storage") and self.storage):
-            raise ValueError(f"{self.path}: unexpected persistent id {pid!r:.80}")
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
         kind, storage_type, key, _location, numel, *view = pid
         if not isinstance(storage_type, StorageType):
             raise ValueError(f"{self.path}: storage of unknown type {storage_type!r:.80}")
         return self.storage(storage_type, str(key), int(numel), view[0] if view else None)
 
+    def load_build(self):
+        """BUILD sets attributes: allowed only on an OrderedDict the file made (a state dict's ``_metadata``)
+        and on a dtype, which ``_dtype`` made afresh for this load (numpy's own ``__setstate__``)."""
+        state = self.stack.pop()
+        target = self.stack[-1]
+        if type(target) is collections.OrderedDict and isinstance(state, dict) and \
+                all(isinstance(k, str) for k in state):
+            vars(target).update(state)
+        elif isinstance(target, np.dtype) and isinstance(state, tuple):
+            target.__setstate__(state)
+        else:
+            raise ValueError(f"{self.path}: refused to set the state of {type(target).__name__} {target!r:.60} "
+                             f"(pickle BUILD); a checkpoint sets state only on the dicts it makes")
 
-def _resolve(obj, seen=None):
-    """Replace every PendingTensor in nested dicts, lists and tuples by its array."""
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def _resolve(obj, budget, done=None):
+    """Replace every PendingTensor in nested dicts, lists and tuples by its array.
+
+    A tensor (or container) the pickle names twice is resolved once and shared, as torch.load would;
+    a container that holds itself is refused.
+    """
+    done = {} if done is None else done
+    key = id(obj)
+    if key in done:
+        if done[key] is _IN_PROGRESS:
+            raise ValueError("a container holds itself")
+        return done[key]
     if isinstance(obj, PendingTensor):
-        return obj.array()
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            obj[k] = _resolve(v)
+        done[key] = obj.array(budget)
+    elif isinstance(obj, (dict, list)) or type(obj) is tuple:
+        done[key] = _IN_PROGRESS
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                obj[k] = _resolve(v, budget, done)
+        elif isinstance(obj, list):
+            obj[:] = [_resolve(v, budget, done) for v in obj]
+        else:
+            obj = tuple(_resolve(v, budget, done) for v in obj)
+        done[key] = obj
+    else:
         return obj
-    if isinstance(obj, list):
-        obj[:] = [_resolve(v) for v in obj]
-        return obj
-    if isinstance(obj, tuple):
-        return type(obj)(_resolve(v) for v in obj) if type(obj) is tuple else obj
-    return obj
+    return done[key]
+
+
+_IN_PROGRESS = object()
 
 
 def _new_storage(storages, storage_type, key, numel):
     if key not in storages:
         storages[key] = Storage(storage_type, numel)
     return storages[key]
+
+
+def _read_stored(archive, name, path):
+    """A record's bytes; compressed records are refused (torch.save stores them uncompressed, and a deflated
+    record of 255 KB can inflate to gigabytes whatever its header says)."""
+    info = archive.getinfo(name)
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ValueError(f"{path}: record {name} is compressed; torch.save stores every record uncompressed, and "
+                         f"a compressed one could inflate without bound (refused)")
+    return archive.read(name)
 
 
 def _load_zip(path):
@@ -208,7 +298,7 @@ def _load_zip(path):
             raise ValueError(f"{path} is a zip archive but not a PyTorch checkpoint (no <name>/data.pkl)")
         prefix = pickles[0][:-len("data.pkl")]
         names = set(archive.namelist())
-        big = prefix + "byteorder" in names and archive.read(prefix + "byteorder").strip() == b"big"
+        big = prefix + "byteorder" in names and _read_stored(archive, prefix + "byteorder", path).strip() == b"big"
         storages = {}
 
         def storage(storage_type, key, numel, _view):
@@ -221,11 +311,11 @@ def _load_zip(path):
                 if size != numel * s.dtype.itemsize:
                     raise ValueError(f"{path}: storage {key} holds {size} bytes, expected "
                                      f"{numel} x {s.dtype.itemsize}")
-                raw = archive.read(record)
+                raw = _read_stored(archive, record, path)
                 s.array = np.frombuffer(raw, dtype=s.dtype.newbyteorder(">" if big else "<"))
             return s
 
-        return _Unpickler(io.BytesIO(archive.read(pickles[0])), path, storage).load()
+        return _Unpickler(io.BytesIO(_read_stored(archive, pickles[0], path)), path, storage).load()
 
 
 def _load_legacy(path):
@@ -266,25 +356,28 @@ def _load_legacy(path):
         return result
 
 
-def load_pth(path):
+def load_pth(path, max_bytes=MAX_LOAD_BYTES):
     """A PyTorch checkpoint as the same structure with every tensor as a NumPy array; torch is never imported.
 
     Dicts, OrderedDicts, lists, tuples, numbers and strings come back as they were saved; an
-    nn.Parameter becomes its array; bfloat16 is widened to float32 (numpy has no bfloat16).
-    Raises ValueError naming the file for anything else, a disallowed pickle global included.
+    nn.Parameter becomes its array (one array however often the file names it); bfloat16 is widened to
+    float32 (numpy has no bfloat16). The arrays made may total at most ``max_bytes`` (MAX_LOAD_BYTES,
+    2 GiB, unless given). Raises ValueError naming the file for anything else: a disallowed pickle
+    global, a BUILD on anything but the file's own dicts, a compressed record, a tensor past the limit.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found")
     try:
+        budget = Budget(path, max_bytes)
         if zipfile.is_zipfile(path):
-            return _resolve(_load_zip(path))
+            return _resolve(_load_zip(path), budget)
         if tarfile.is_tarfile(path):
             raise ValueError(f"{path} is in PyTorch's pre-2017 tar format, which minifcn does not read; "
                              f"re-save it with a recent torch.save")
-        return _resolve(_load_legacy(path))
+        return _resolve(_load_legacy(path), budget)
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, IndexError, TypeError, KeyError,
-            AttributeError, struct.error, OverflowError, MemoryError) as err:
+            AttributeError, struct.error, OverflowError, MemoryError, RecursionError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
     except ValueError as err:
         raise err if path in str(err) else ValueError(f"{path}: {err}") from err

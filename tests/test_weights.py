@@ -15,6 +15,7 @@ import zipfile
 import numpy as np
 import pytest
 
+import forge
 from minifcn import Tensor, no_grad
 from minifcn.cli import main
 from minifcn.models import FCN8s
@@ -303,4 +304,86 @@ def test_a_tensor_reaching_past_its_storage_is_refused_naming_the_file(tmp_path)
         for name, data in records.items():
             z.writestr(name, data)
     with pytest.raises(ValueError, match=f"{path}.*reaches past its storage"):
+        load_pth(path)
+
+
+# --- files that poison, bomb or alias (hand-built with tests/forge.py; no torch needed) ----------------------
+
+def _clean(tmp_path):
+    rng = np.random.default_rng(3)
+    arrays = {"conv1_1.weight": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+              "conv1_1.bias": rng.standard_normal(4).astype(np.float32)}
+    return forge.state_dict_file(tmp_path / "clean.pth", arrays), arrays
+
+
+POISONS = {  # a BUILD aimed at something of the reader's: each would change every later load
+    "storage type": forge.glob("torch", "FloatStorage") + forge.dict_(dtype=forge.call(
+        forge.glob("numpy", "dtype"), forge.text("i4"))) + forge.BUILD,
+    "storage type, slot state": forge.glob("torch", "FloatStorage") + forge.tuple_(b"N", forge.dict_(
+        name=forge.text("IntStorage"))) + forge.BUILD,
+    "rebuild function": forge.glob("torch._utils", "_rebuild_tensor_v2") + forge.tuple_(b"N", forge.dict_(
+        __defaults__=forge.tuple_(forge.integer(1)))) + forge.BUILD,
+    "numpy's shared dtype through a scalar": forge.call(forge.glob("numpy", "dtype"), forge.text("f4"),
+                                                        b"\x89", b"\x89") + forge.dict_(x=forge.integer(1))
+    + forge.BUILD,
+}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("poison", POISONS)
+def test_a_file_cannot_change_how_later_files_load(tmp_path, fmt, poison):
+    path, arrays = _clean(tmp_path)
+    body = POISONS[poison] + forge.POP + forge.dict_(w=forge.integer(1))
+    hostile_file(tmp_path / "evil.pth", forge.program(body), fmt)
+    with pytest.raises(ValueError, match="refused to set the state"):
+        load_pth(tmp_path / "evil.pth")
+    got = load_pth(path)
+    assert list(got) == list(arrays)
+    for name, want in arrays.items():
+        assert got[name].dtype == np.float32 and np.array_equal(got[name], want), name  # bit for bit
+    assert np.dtype("f4").byteorder == "=" and np.dtype("f4").itemsize == 4
+
+
+def test_a_state_dict_may_still_carry_its_metadata(tmp_path):
+    """torch.save(model.state_dict()) BUILDs its OrderedDict with ``_metadata``: that one is allowed."""
+    meta = forge.dict_(_metadata=forge.dict_(version=forge.integer(1)))
+    body = forge.call(forge.glob("collections", "OrderedDict")) + forge.MARK + forge.text("w") + \
+        forge.tensor("0", (2,)) + forge.SETITEMS + meta + forge.BUILD
+    path = forge.write_zip(tmp_path / "sd.pth", forge.program(body), {"0": np.array([1.5, -2], "<f4")})
+    got = load_pth(path)
+    assert isinstance(got, collections.OrderedDict) and got._metadata == {"version": 1}
+    assert np.array_equal(got["w"], [1.5, -2])
+
+
+def test_one_tensor_named_many_times_is_one_shared_array(tmp_path):
+    body = forge.tensor("0", (1000,)) + forge.put(1) + forge.POP + forge.list_(*[forge.get(1)] * 50)
+    path = forge.write_zip(tmp_path / "alias.pth", forge.program(body), {"0": np.arange(1000, dtype="<f4")})
+    got = load_pth(path, max_bytes=8000)  # 50 copies would need 200,000 bytes
+    assert len(got) == 50 and all(a is got[0] for a in got) and np.array_equal(got[0], np.arange(1000))
+
+
+def test_an_alias_bomb_is_refused_before_it_allocates(tmp_path):
+    """Each stride-0 view of one float asks for 2**26 elements (256 MB); twenty of them, 5 GB."""
+    views = [forge.tensor("0", (1 << 13, 1 << 13), stride=(0, 0), numel=1) for _ in range(20)]
+    path = forge.write_zip(tmp_path / "bomb.pth", forge.program(forge.list_(*views)), {"0": np.ones(1, "<f4")})
+    with pytest.raises(ValueError, match=r"bomb\.pth: its tensors would take more than 2,147,483,648 bytes.*"
+                                         r"max_bytes"):
+        load_pth(path)
+    with pytest.raises(ValueError, match="more than 1,000 bytes"):
+        load_pth(path, max_bytes=1000)
+
+
+def test_a_compressed_record_is_refused_before_it_inflates(tmp_path):
+    numel = 1 << 22  # 16 MB of zeros deflate to 16 KB
+    path = forge.write_zip(tmp_path / "deflate.pth", forge.program(forge.tensor("0", (numel,))),
+                           {"0": np.zeros(numel, "<f4")}, compress={"0"})
+    assert os.path.getsize(path) < 100_000
+    with pytest.raises(ValueError, match=r"deflate\.pth: record archive/data/0 is compressed"):
+        load_pth(path)
+
+
+def test_a_container_that_holds_itself_is_one_clear_error(tmp_path):
+    body = forge.EMPTY_LIST + forge.put(1) + forge.MARK + forge.get(1) + forge.APPENDS
+    path = forge.write_zip(tmp_path / "loop.pth", forge.program(body), {})
+    with pytest.raises(ValueError, match=r"loop\.pth.*holds itself"):
         load_pth(path)

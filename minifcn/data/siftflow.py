@@ -10,7 +10,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from .voc import IGNORE, check_same_size, read_image
+from .voc import IGNORE, check_same_size, read_ids, read_image
 
 SIFTFLOW_CLASSES = (
     "awning", "balcony", "bird", "boat", "bridge", "building", "bus", "car", "cow", "crosswalk", "desert",
@@ -23,7 +23,7 @@ def read_siftflow_label(path):
     try:
         with Image.open(path) as im:
             raw = np.array(im)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read label map {path}: {err}") from err
     if raw.ndim != 2 or raw.max(initial=0) > len(SIFTFLOW_CLASSES):
         raise ValueError(f"label map {path} must be one channel with values 0-{len(SIFTFLOW_CLASSES)}; "
@@ -47,8 +47,7 @@ class SIFTFlow:
             raise FileNotFoundError(f"SIFT Flow root {self.root} does not exist")
         if not os.path.isfile(split_file):
             raise FileNotFoundError(f"split list {split_file} not found; splits are 'trainval' and 'test'")
-        with open(split_file) as f:
-            self.ids = [line.strip() for line in f if line.strip()]
+        self.ids = read_ids(split_file)
         if subset is not None:
             self.ids = self.ids[:subset]
 

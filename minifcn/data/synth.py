@@ -18,8 +18,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .voc import IGNORE, VOC_CLASSES, read_label, write_label
+from ..atomic import write_bytes
+from .voc import IGNORE, VOC_CLASSES, encode, read_ids, read_label, write_label
 
+MIN_SIZE = 8  # pixels: anything smaller is not an image of objects
 SYNTH_CLASSES = ("person", "bicycle", "car", "chair", "bottle", "tvmonitor")
 
 # Appearance per class: base colour, stripe period (px) and stripe angle (rad). Colours overlap on purpose.
@@ -225,8 +227,7 @@ def layout_ids(layouts, n_train, n_val):
     if all(os.path.isfile(os.path.join(lists, f"{s}.txt")) for s in ("train", "val")):
         ids = {}
         for split in ("train", "val"):
-            with open(os.path.join(lists, f"{split}.txt")) as f:
-                ids[split] = [line.split()[0] for line in f if line.strip()]
+            ids[split] = read_ids(os.path.join(lists, f"{split}.txt"))
         train, val = ids["train"][:n_train], ids["val"][:n_val]
     else:
         names = sorted(os.path.splitext(f)[0] for f in os.listdir(layouts) if f.endswith(".png"))
@@ -244,10 +245,13 @@ def synthesize(root, n_train=200, n_val=50, size=96, seed=0, layouts=None, progr
     whose shapes are painted instead of drawn ones. ``style``: "plain" (class
     colours that overlap) or "texture" (classes differ only by texture).
     """
-    for sub in ("JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation")):
-        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for name, value, least in (("train", n_train, 1), ("val", n_val, 0), ("size", size, MIN_SIZE)):
+        if not (isinstance(value, int) and value >= least):
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")  # before anything is written
     if style not in PAINTERS:
         raise ValueError(f"style must be one of {sorted(PAINTERS)}, got {style!r}")
+    for sub in ("JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation")):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
     painter = PAINTERS[style]
     sources = None if layouts is None else layout_ids(layouts, n_train, n_val)
     splits = {"train": range(n_train), "val": range(n_train, n_train + n_val)}
@@ -262,9 +266,9 @@ def synthesize(root, n_train=200, n_val=50, size=96, seed=0, layouts=None, progr
                 image_id = sources[split][i - indices.start]
                 label = layout_label(os.path.join(layouts, f"{image_id}.png"), size)
                 image = painter(label, rng)
-            Image.fromarray(image).save(os.path.join(root, "JPEGImages", f"{image_id}.jpg"), quality=95)
+            write_bytes(os.path.join(root, "JPEGImages", f"{image_id}.jpg"),
+                        encode(Image.fromarray(image), format="JPEG", quality=95))
             write_label(os.path.join(root, "SegmentationClass", f"{image_id}.png"), label)
             ids.append(image_id)
-        with open(os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt"), "w") as f:
-            f.write("\n".join(ids) + "\n")
+        write_bytes(os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt"), ("\n".join(ids) + "\n").encode())
     return root

@@ -8,10 +8,13 @@ The palette PNG stores class indices; its colour table is only for viewing,
 so the indices are read directly (``np.array`` of a mode "P" image).
 """
 
+import io
 import os
 
 import numpy as np
 from PIL import Image
+
+from ..atomic import write_bytes
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -33,12 +36,29 @@ def voc_colormap(n=256):
     return cmap
 
 
+def read_ids(path):
+    """The image ids of a split list: one per line, the whole line (an id may hold spaces), blank lines
+    skipped, a UTF-8 byte-order mark dropped; a list that is not UTF-8 is an error naming the file and line."""
+    with open(path, "rb") as f:
+        lines = f.read().splitlines()
+    ids = []
+    for number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
+        except UnicodeDecodeError as err:
+            raise ValueError(f"split list {path}, line {number}: not UTF-8 text ({err.reason} at byte "
+                             f"{err.start}); save the list as UTF-8") from None
+        if line:
+            ids.append(line)
+    return ids
+
+
 def read_label(path, num_classes=21):
     """uint8 class indices from a palette PNG; values outside [0, K) and 255 are an error naming the file."""
     try:
         with Image.open(path) as im:
             label = np.array(im)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read label map {path}: {err}") from err
     if label.ndim != 2:
         raise ValueError(f"label map {path} has shape {label.shape}: expected a single-channel palette PNG")
@@ -49,10 +69,16 @@ def read_label(path, num_classes=21):
     return label.astype(np.uint8)
 
 
-def read_image(path):
-    """uint8 HxWx3 RGB. 16-bit images are scaled to 8 bits (not clipped); float images are refused."""
+def read_image(path, max_pixels=None):
+    """uint8 HxWx3 RGB. 16-bit images are scaled to 8 bits (not clipped); float images are refused.
+
+    ``max_pixels``: refuse larger images from their header, before a pixel is decoded. Pillow refuses
+    "decompression bombs" (over about 179 million pixels) by itself; both errors name the file."""
     try:
         with Image.open(path) as im:
+            if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
+                raise ValueError(f"{im.size[0]}x{im.size[1]} is more than {max_pixels:,} pixels; resize it "
+                                 f"first (for example: convert {path} -resize {max_pixels}@ smaller.jpg)")
             if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit grey (PNG): 0-65535 -> 0-255
                 grey = np.array(im).astype(np.float64)
                 if grey.min(initial=0) < 0 or grey.max(initial=0) > 65535:
@@ -61,7 +87,7 @@ def read_image(path):
             if im.mode == "F":
                 raise ValueError("floating-point pixels; convert it to an 8-bit image first")
             return np.array(im.convert("RGB"))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 
@@ -81,6 +107,8 @@ def verify(dataset, name="dataset"):
                                f"{label.size[0]}x{label.size[1]}")
         except OSError as err:
             bad.append(f"{err.filename or paths}: {err.strerror or err}")
+        except Image.DecompressionBombError as err:
+            bad.append(f"{paths[0]}: {err}")
     if bad:
         raise ValueError(f"{len(bad)} of {len(dataset)} {name} images cannot be used: " + "; ".join(bad[:3])
                          + ("; ..." if len(bad) > 3 else ""))
@@ -93,11 +121,22 @@ def check_same_size(image, label, image_path, label_path):
                          f"label {label_path} is {label.shape[1]}x{label.shape[0]}")
 
 
+def encode(image, **options):
+    """A PIL image's file bytes, made in memory: Pillow's writers ignore a short write to a full disk, so
+    files are written from these bytes by ``atomic.write_bytes``, which does not."""
+    buffer = io.BytesIO()
+    image.save(buffer, **options)
+    return buffer.getvalue()
+
+
 def write_label(path, label):
-    """Save class indices as a VOC palette PNG (viewable in colour, readable as indices)."""
-    im = Image.fromarray(np.asarray(label, dtype=np.uint8), mode="P")
+    """Save class indices as a VOC palette PNG (viewable in colour, readable as indices), atomically."""
+    label = np.asarray(label)
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise ValueError(f"label values {label.min()} ... {label.max()} do not fit an 8-bit palette PNG ({path})")
+    im = Image.fromarray(label.astype(np.uint8), mode="P")
     im.putpalette(voc_colormap().ravel().tolist())
-    im.save(path)
+    write_bytes(path, encode(im, format="PNG"))
 
 
 class VOCSegmentation:
@@ -117,8 +156,7 @@ class VOCSegmentation:
                                     f"'minifcn data download voc2012 --root DIR' or 'minifcn data synth --root DIR'")
         if not os.path.isfile(split_file):
             raise FileNotFoundError(f"split list {split_file} not found (is {self.root} a VOCdevkit/VOC2012 folder?)")
-        with open(split_file) as f:
-            self.ids = [line.split()[0] for line in f if line.strip()]
+        self.ids = read_ids(split_file)
         self.split = split
         if isinstance(subset, int):
             self.ids = self.ids[:subset]

@@ -77,7 +77,7 @@ class TrainConfig:
         if not 0 <= self.momentum < 1 or not self.weight_decay >= 0:
             raise ValueError(f"momentum must be in [0, 1) and weight-decay >= 0, got {self.momentum}, "
                              f"{self.weight_decay}")
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] < math.inf:
             bad("scale", "a pair 0 < low <= high")
         choices = {"dataset": ("voc", "siftflow"), "model": tuple(models.MODELS), "optimizer": ("sgd", "adam"),
                    "lr_policy": ("poly", "fixed"), "loss_reduction": ("mean", "sum"),
@@ -144,7 +144,7 @@ class PretrainConfig:
                              f"centred on a pool5 pixel), got {self.crop!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] < math.inf:
             raise ValueError(f"scale must be a pair 0 < low <= high, got {self.scale!r}")
         if self.dataset not in ("voc", "siftflow") or self.preprocess not in PREPROCESS:
             raise ValueError(f"dataset must be voc or siftflow and preprocess one of {PREPROCESS}, got "

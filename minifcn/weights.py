@@ -31,6 +31,7 @@ array, and all the arrays one load makes are held to ``max_bytes``.
 
 import collections
 import io
+import math
 import os
 import pickle
 import struct
@@ -101,10 +102,10 @@ class PendingTensor:
         if last >= len(data):
             raise ValueError(f"tensor of size {self.size}, stride {self.stride} at offset {self.offset} "
                              f"reaches past its storage of {len(data)} elements")
-        if int(np.prod(self.size)) > max(len(data), MAX_EXPANDED):  # only stride-0 tensors reuse elements
+        if math.prod(self.size) > max(len(data), MAX_EXPANDED):  # only stride-0 tensors reuse elements
             raise ValueError(f"tensor of size {self.size} repeats its {len(data)} stored elements more than "
                              f"{MAX_EXPANDED:,} times over")
-        budget.take(int(np.prod(self.size)) * data.itemsize, self.size)
+        budget.take(math.prod(self.size) * data.itemsize, self.size)
         view = np.lib.stride_tricks.as_strided(data[self.offset:], self.size,
                                                [s * data.itemsize for s in self.stride], writeable=False)
         array = np.array(view, dtype=data.dtype.newbyteorder("="), order="C")  # native byte order

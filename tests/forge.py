@@ -25,7 +25,10 @@ def text(s):
 
 
 def integer(n):
-    return b"J" + struct.pack("<i", n)
+    if -2 ** 31 <= n < 2 ** 31:
+        return b"J" + struct.pack("<i", n)  # BININT
+    raw = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(raw)]) + raw  # LONG1
 
 
 def tuple_(*items):

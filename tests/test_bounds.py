@@ -126,6 +126,7 @@ def test_the_classifier_shapes_by_arithmetic_are_the_built_ones(tmp_path, crop):
     (dict(num_classes=300), "num-classes must be at most 255"),
     (dict(image_size=100_000), "image-size must be at most 4096"),
     (dict(momentum=float("nan")), "momentum"),
+    (dict(scale=(1.0, float("inf"))), "scale must be a pair 0 < low <= high"),
 ])
 def test_settings_are_bounded_when_made(change, message):
     with pytest.raises(ValueError, match=message):

@@ -373,6 +373,14 @@ def test_an_alias_bomb_is_refused_before_it_allocates(tmp_path):
         load_pth(path, max_bytes=1000)
 
 
+def test_a_size_whose_product_overflows_int64_is_still_counted(tmp_path):
+    """2**32 x 2**32 is 2**64 elements: 0 in int64 arithmetic, which would slip under every bound."""
+    body = forge.tensor("0", (1 << 32, 1 << 32), stride=(0, 0), numel=1)
+    path = forge.write_zip(tmp_path / "wrap.pth", forge.program(body), {"0": np.ones(1, "<f4")})
+    with pytest.raises(ValueError, match="repeats its 1 stored elements"):
+        load_pth(path)
+
+
 def test_a_compressed_record_is_refused_before_it_inflates(tmp_path):
     numel = 1 << 22  # 16 MB of zeros deflate to 16 KB
     path = forge.write_zip(tmp_path / "deflate.pth", forge.program(forge.tensor("0", (numel,))),

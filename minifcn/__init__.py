@@ -13,6 +13,13 @@ import os
 #   them awake) the small FCN-8s step went from 0.57 and 0.67 s to 0.43 and 0.46 s (two runs).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+# Under mpiexec, the ranks on one machine share its cores: each BLAS gets its share (cores / ranks),
+# or two ranks of two threads on two cores would fight. Numba's pool is sized per run (--threads).
+from . import launcher  # noqa: E402 (reads the environment only; no numpy)
+
+if launcher.local_size() > 1:
+    for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, str(launcher.default_threads()))
 
 from .autograd import Function, Tensor, no_grad
 from .backend import get_backend, set_backend, set_num_threads, set_workspace_limit, workspace_limit

@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 
-from . import atomic, backend, models, runlock, weights
+from . import atomic, backend, distributed, models, runlock, weights
 from .data import VOC_CLASSES, VOCSegmentation, synthesize, verify
 from .data.download import download
 from .data.synth import PAINTERS
@@ -128,17 +128,27 @@ def config_from(args):
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
+def use_threads(args):
+    """Threads for this process: --threads, or under mpiexec this machine's cores shared among its ranks."""
+    if args.threads is not None or distributed.launched_size() > 1:
+        backend.set_num_threads(args.threads or distributed.default_threads())
+
+
 def cmd_train(args):
     config = config_from(args)
+    use_threads(args)
     _, metrics = train(config, resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps(metrics))
+    if distributed.world().rank == 0:
+        print(json.dumps(metrics))
 
 
 def cmd_pretrain(args):
     names = {f.name for f in dataclasses.fields(PretrainConfig)}
     config = PretrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    use_threads(args)
     _, history = pretrain(config, resume=True)
-    print(f"wrote {os.path.join(config.out, 'classifier.npz')}: crop accuracy "
+    if distributed.world().rank == 0:
+        print(f"wrote {os.path.join(config.out, 'classifier.npz')}: crop accuracy "
           f"{100 * history[-1]['val_accuracy']:.1f} % on validation crops; start an FCN from it with "
           f"--init {os.path.join(config.out, 'classifier.npz')} --fc6-kernel {config.fc6_kernel}")
 
@@ -151,8 +161,10 @@ def cmd_eval(args):
                          f"{len(dataset.classes)} ({config.dataset}); evaluate it on data labelled with its own "
                          f"classes")
     verify(dataset, "evaluation")  # an empty split or a broken file: one line, not "pixel acc nan"
-    result = evaluate(model, dataset, config.batch_size, config.num_classes, progress=True).scores()
-    print(format_scores(result, dataset.classes))
+    world = distributed.world()  # under mpiexec the ranks share the images
+    result = evaluate(model, dataset, config.batch_size, config.num_classes, progress=True, world=world).scores()
+    if world.rank == 0:
+        print(format_scores(result, dataset.classes))
     return result
 
 
@@ -312,6 +324,7 @@ def parser():
     p.add_argument("--data", required=True, help="a VOCdevkit/VOC2012-style folder (or SIFT Flow, --dataset)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--overwrite", action="store_true", help="start again in an --out that holds a run")
+    p.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     add_train_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -324,6 +337,7 @@ def parser():
                            help=describe(field, PRETRAIN_HELP))
     p.add_argument("--scale", type=float, nargs=2, default=(1.0, 1.0),
                    help="range of the factor images are resized by before cropping (default 1 1)")
+    p.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("eval", help="the four metrics and a per-class table")
@@ -405,6 +419,8 @@ def parser():
     return root
 
 
+THREADS_HELP = ("threads of this process (default: all cores; under mpiexec, this machine's cores shared among its "
+                "ranks)")
 DEBUG_VALUES = {"": False, "0": False, "false": False, "no": False, "off": False,
                 "1": True, "true": True, "yes": True, "on": True}
 
@@ -424,15 +440,35 @@ def main(argv=None):
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
             args.func(args)
-    except (OSError, ValueError, TrainingDiverged) as err:
+    except (OSError, ValueError, TrainingDiverged, distributed.DriftError, distributed.MPIUnavailable) as err:
         if debug:
             raise
         plain = isinstance(err, OSError) and err.strerror and err.filename is None  # our own message, no "[Errno]"
-        print(f"minifcn: error: {err.strerror if plain else err}", file=sys.stderr)
-        return 2
+        message = err.strerror if plain else err
+        if distributed.launched_size() == 1 or isinstance(err, distributed.MPIUnavailable):
+            print(f"minifcn: error: {message}", file=sys.stderr)
+            return 2
+        stop_every_rank(f"{message}")
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # mpi4py raises its own errors when a peer rank is gone
+        if distributed.launched_size() > 1 and type(err).__module__.startswith("mpi4py") and not debug:
+            stop_every_rank(f"lost contact with another rank ({str(err).strip()[:200]}); the last checkpoint is "
+                            f"kept: continue with --resume")
+        raise
     return 0
+
+
+def stop_every_rank(message):
+    """One rank failed: say which and why, in one line, and end every rank (MPI_Abort), so that none waits
+    forever for it in a collective. Rank 0 speaks at once; another rank first gives rank 0 two seconds,
+    since an error every rank meets (a bad setting, a folder in use) is then said once, by rank 0."""
+    world = distributed.world()
+    if world.rank != 0:
+        time.sleep(2)
+    print(f"minifcn: error: rank {world.rank} of {world.size}: {message}", file=sys.stderr, flush=True)
+    time.sleep(0.5)  # the launcher forwards the line before the abort tears the job down
+    world.abort(2)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):

@@ -177,17 +177,22 @@ def relu(x):
     return ReLU.apply(x)
 
 
-def dropout(x, p, training, rng):
+def dropout(x, p, training, rng, shard=None):
     """Inverted dropout: zero each unit with probability p, scale the rest by 1/(1-p).
 
-    The scaling keeps E[output] = input, so evaluation needs no rescaling.
+    The scaling keeps E[output] = input, so evaluation needs no rescaling. ``shard = (start, total)``:
+    ``x`` is rows start ... of a batch of ``total``; the mask is drawn for all of it, these rows kept.
     """
     if not 0 <= p < 1:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     if not training or p == 0:
         return x
     x = x if isinstance(x, Tensor) else Tensor(x)
-    keep = rng.random(x.shape) >= p
+    if shard is None:
+        keep = rng.random(x.shape) >= p
+    else:
+        start, total = shard
+        keep = rng.random((total,) + x.shape[1:])[start:start + x.shape[0]] >= p
     return x * array_module(x.data).asarray(keep * (1.0 / (1.0 - p)), dtype=x.dtype)
 
 
@@ -223,7 +228,7 @@ class SoftmaxCrossEntropy(Function):
     that no exponent overflows. d/dz of the loss is w[t] (softmax(z) - onehot(t)).
     """
 
-    def forward(self, logits, target, ignore_index=255, reduction="mean", weight=None):
+    def forward(self, logits, target, ignore_index=255, reduction="mean", weight=None, denominator=None):
         xp = array_module(logits)
         N, K = logits.shape[:2]
         z, t = logits.reshape(N, K, -1), xp.asarray(target).reshape(N, -1)
@@ -231,6 +236,8 @@ class SoftmaxCrossEntropy(Function):
         total, denom = backend.ops().softmax_xent(z, t, weight, ignore_index)
         if reduction == "sum":
             denom = logits.dtype.type(1)
+        elif denominator is not None:
+            denom = denominator
         self.saved, self.shape = (z, t, weight, ignore_index, float(denom)), logits.shape
         return xp.asarray(total / denom if denom > 0 else total * 0, dtype=logits.dtype)
 
@@ -240,13 +247,25 @@ class SoftmaxCrossEntropy(Function):
         return backend.ops().softmax_xent_backward(z, t, weight, ignore_index, scale).reshape(self.shape), None
 
 
-def softmax_cross_entropy(logits, target, ignore_index=255, reduction="mean", weight=None):
+def pixel_weight(target, weight=None, ignore_index=255):
+    """The labelled pixels of ``target``, each counted with its class weight: what reduction="mean" divides by."""
+    t = np.asarray(target.get() if hasattr(target, "get") else target)
+    valid = t[t != ignore_index].astype(np.int64)
+    if weight is None:
+        return float(valid.size)
+    w = np.asarray(weight.get() if hasattr(weight, "get") else weight, dtype=np.float64)
+    return float(w[valid].sum())
+
+
+def softmax_cross_entropy(logits, target, ignore_index=255, reduction="mean", weight=None, denominator=None):
     """Mean (over non-ignored pixels, weighted) or summed cross-entropy.
 
     logits (N, K, ...) scores, target (N, ...) integer labels in [0, K) or
     ``ignore_index``. With reduction="mean" the sum is divided by the total
     weight of the valid pixels (PyTorch's convention); a batch with no valid
-    pixel has loss 0 and gradient 0.
+    pixel has loss 0 and gradient 0. ``denominator``: divide by this instead
+    -- the valid pixels' weight of a larger batch these rows are part of
+    (data parallelism: the ranks' losses then add up to the batch's mean).
     """
     z, t = as_array(logits), as_array(target)
     if z.ndim < 2:
@@ -275,5 +294,7 @@ def softmax_cross_entropy(logits, target, ignore_index=255, reduction="mean", we
         if not np.isfinite(host).all() or (host < 0).any() or not host.any():
             raise ValueError(f"class weights must be finite, >= 0 and not all 0 (a negative weight turns the loss "
                              f"into a reward; all 0 learns nothing), got {host.tolist()[:8]}")
+    if denominator is not None and not (math.isfinite(denominator) and denominator >= 0):
+        raise ValueError(f"denominator must be a finite number >= 0, got {denominator!r}")
     return SoftmaxCrossEntropy.apply(logits, Tensor(t.astype(np.int64)), ignore_index=ignore_index,
-                                     reduction=reduction, weight=weight)
+                                     reduction=reduction, weight=weight, denominator=denominator)

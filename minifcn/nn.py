@@ -161,14 +161,18 @@ class ReLU(Module):
 
 
 class Dropout(Module):
-    """Drops units in training mode only. ``generator`` is reseeded by the trainer for exact resumes."""
+    """Drops units in training mode only. ``generator`` is reseeded by the trainer for exact resumes.
+
+    ``shard = (start, total)``: this input is rows start ... of a batch of ``total`` split across
+    processes; the mask is drawn for the whole batch and these rows kept, so every split draws the
+    mask one process would (``minifcn.distributed``)."""
 
     def __init__(self, p=0.5, seed=0):
         super().__init__()
-        self.p, self.generator = p, np.random.default_rng(seed)
+        self.p, self.generator, self.shard = p, np.random.default_rng(seed), None
 
     def forward(self, x):
-        return F.dropout(x, self.p, self.training, self.generator)
+        return F.dropout(x, self.p, self.training, self.generator, self.shard)
 
 
 class Sequential(Module):

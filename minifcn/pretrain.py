@@ -16,6 +16,7 @@ it into a convolution of that size: the FCN that starts from it is built with ``
 conversion). The checkpoint is written after every epoch and a run resumes from it.
 """
 
+import contextlib
 import json
 import os
 import time
@@ -24,7 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from . import atomic, nn, runlock
+from . import atomic, distributed, nn, runlock
 from . import functional as F
 from .autograd import Tensor, no_grad
 from .checkpoint import load_classifier, read_checkpoint, save_checkpoint
@@ -80,33 +81,47 @@ def batches_of_crops(dataset, config, order, seed_key):
         yield np.stack([c for c, _ in pending]), np.array([k for _, k in pending])
 
 
-def accuracy(classifier, dataset, config):
-    """Top-1 accuracy on the validation images' crops (the same crops every time)."""
+def accuracy(classifier, dataset, config, world=None):
+    """Top-1 accuracy on the validation images' crops (the same crops every time); under MPI the ranks take
+    turns by batch and add up their counts."""
+    world = world or distributed.World()
     classifier.eval()
-    right = total = 0
+    counts = np.zeros(2, np.int64)  # right, total
     with no_grad():
-        for x, y in batches_of_crops(dataset, config, range(len(dataset)), (config.seed, VALIDATION)):
-            right += int((classifier(Tensor(x)).numpy().argmax(axis=1) == y).sum())
-            total += len(y)
+        for k, (x, y) in enumerate(batches_of_crops(dataset, config, range(len(dataset)), (config.seed, VALIDATION))):
+            if world.mine(k):
+                counts += int((classifier(Tensor(x)).numpy().argmax(axis=1) == y).sum()), len(y)
     classifier.train()
-    return right / max(total, 1)
+    right, total = world.sum(counts)
+    return int(right) / max(int(total), 1)
 
 
-def pretrain(config, resume=True, progress=True, log=print):
-    """Train the classifier; returns (classifier, log of epochs). Writes OUT/classifier.npz every epoch."""
+def pretrain(config, resume=True, progress=True, log=print, world=None):
+    """Train the classifier; returns (classifier, log of epochs). Writes OUT/classifier.npz every epoch.
+
+    Under ``mpiexec -n N`` the ranks share each batch of crops as ``train`` does (minifcn.distributed)."""
+    world = world or distributed.world()
     path = os.path.join(config.out, "classifier.npz")
     train_set, val_set = open_split(config, config.train_split), open_split(config, config.val_split)
     for name, split in (("training", train_set), ("validation", val_set)):
         if len(split) == 0:
             raise ValueError(f"the {name} split of {config.data} is empty")
-    os.makedirs(config.out, exist_ok=True)
-    with runlock.hold(config.out, log):
-        return _pretrain(config, path, train_set, val_set, resume, progress, log)
+    if config.batch_size < world.size:
+        raise ValueError(f"batch-size {config.batch_size} is less than the {world.size} ranks")
+    root = world.rank == 0
+    if root:
+        os.makedirs(config.out, exist_ok=True)
+    with runlock.hold(config.out, log) if root else contextlib.nullcontext():
+        return _pretrain(config, path, train_set, val_set, resume, progress and root,
+                         log if root else (lambda *_: None), world)
 
 
-def _pretrain(config, path, train_set, val_set, resume, progress, log):
-    """The body of ``pretrain``, run while --out is locked."""
-    atomic.remove_leftovers(path, log)
+def _pretrain(config, path, train_set, val_set, resume, progress, log, world):
+    """The body of ``pretrain``, run while --out is locked (by rank 0)."""
+    if world.rank == 0:
+        atomic.remove_leftovers(path, log)
+    world.barrier()
+    distributed.use_device_of(world.rank)
     classifier = VGGClassifier(config.num_classes, config.width, config.fc_width, config.crop, config.seed)
     classifier.fc8.weight.data[...] = 0  # start from no opinion (loss log K), as the FCN's scorers do
     epochs, history = 0, []
@@ -139,23 +154,37 @@ def _pretrain(config, path, train_set, val_set, resume, progress, log):
             for group in optimizer.param_groups:
                 group["lr"] = warm * config.lr * (1 - step / total) ** 0.9
             optimizer.zero_grad()
-            loss = F.softmax_cross_entropy(classifier(Tensor(x)), y)
-            loss.backward()
+            if world.size == 1:
+                loss = F.softmax_cross_entropy(classifier(Tensor(x)), y)
+                loss.backward()
+                losses.append(loss.item())
+            else:  # every rank cut the same crops; each computes its rows, divided by the whole batch
+                rows = world.rows(len(y))
+                for m in dropouts:
+                    m.shard = (rows.start, len(y))
+                part = 0.0
+                if rows.stop > rows.start:  # a short last batch may leave a rank without rows
+                    loss = F.softmax_cross_entropy(classifier(Tensor(x[rows])), y[rows], denominator=len(y))
+                    loss.backward()
+                    part = loss.item()
+                losses.append(float(distributed.sum_gradients(world, classifier.parameters(), [part])[0]))
             optimizer.step()
-            losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         if not np.isfinite(losses).all():
             raise ValueError(f"pre-training diverged in epoch {epoch + 1}; try a lower --lr (now {config.lr})")
+        world.check_same(distributed.checksum(classifier.parameters()), f"the weights after epoch {epoch + 1}")
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)),
-                        "val_accuracy": accuracy(classifier, val_set, config),
+                        "val_accuracy": accuracy(classifier, val_set, config, world),
                         "seconds": time.time() - started + (history[-1]["seconds"] if history else 0)})
         started = time.time()
-        save_checkpoint(path, config, classifier, optimizer, {"kind": "classifier", "epoch": epoch + 1,
-                                                              "history": history})
+        if world.rank == 0:
+            save_checkpoint(path, config, classifier, optimizer, {"kind": "classifier", "epoch": epoch + 1,
+                                                                  "history": history})
         if not progress:
             log(f"epoch {epoch + 1}/{config.epochs}: loss {history[-1]['loss']:.3f}, crop accuracy "
                 f"{100 * history[-1]['val_accuracy']:.1f} %")
     bar.close()
-    atomic.write_bytes(os.path.join(config.out, "pretrain.json"), json.dumps(history, indent=1).encode())
+    if world.rank == 0:
+        atomic.write_bytes(os.path.join(config.out, "pretrain.json"), json.dumps(history, indent=1).encode())
     return classifier, history

@@ -7,6 +7,7 @@ epoch, image)`` for augmentation, ``(seed, step, layer)`` for dropout. So the
 checkpoint at step k makes the same draws as one that never stopped.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from . import atomic, models, nn, runlock
+from . import atomic, distributed, models, nn, runlock
 from . import functional as F
 from .checkpoint import (CheckpointError, initialize, load_checkpoint, read_checkpoint,  # noqa: F401 (re-exported)
                          save_checkpoint)
@@ -72,24 +73,35 @@ def learning_rate(config, step, total_steps):
     raise ValueError(f"lr_policy must be 'poly' or 'fixed', got {config.lr_policy!r}")
 
 
-def predictions(model, dataset, batch_size=4, progress=False):
-    """Yield (predicted classes, labels) batches over ``dataset`` in order, in eval mode, no augmentation."""
+def predictions(model, dataset, batch_size=4, progress=False, world=None):
+    """Yield (predicted classes, labels) batches over ``dataset`` in order, in eval mode, no augmentation.
+
+    ``world``: yield only this rank's batches (every size-th); the batches are the ones one process
+    would make, so each prediction is too."""
+    world = world or distributed.World()
+    order = np.arange(len(dataset))
+    mine = [order[k:k + batch_size] for k in range(0, len(order), batch_size) if world.mine(k // batch_size)]
     model.eval()
     try:
         with no_grad():
-            for x, y in tqdm(batches(dataset, batch_size, np.arange(len(dataset)), preprocess=model.preprocess),
-                             total=math.ceil(len(dataset) / batch_size), desc="eval", disable=not progress,
-                             leave=False):
+            for x, y in tqdm((b for chunk in mine for b in batches(dataset, batch_size, chunk,
+                                                                  preprocess=model.preprocess)),
+                             total=len(mine), desc="eval", disable=not progress or world.rank != 0, leave=False):
                 yield model(Tensor(x)).numpy().argmax(axis=1), y
     finally:
         model.train()
 
 
-def evaluate(model, dataset, batch_size=4, num_classes=21, progress=False):
-    """Confusion matrix of ``model`` over ``dataset`` (no augmentation)."""
+def evaluate(model, dataset, batch_size=4, num_classes=21, progress=False, world=None):
+    """Confusion matrix of ``model`` over ``dataset`` (no augmentation).
+
+    ``world`` (minifcn.distributed): the ranks share the batches and add up their counts, which are
+    integers: the matrix is exactly one process's."""
+    world = world or distributed.World()
     cm = ConfusionMatrix(num_classes)
-    for pred, y in predictions(model, dataset, batch_size, progress):
+    for pred, y in predictions(model, dataset, batch_size, progress, world):
         cm.update(pred, y)
+    world.sum(cm.matrix)
     return cm
 
 
@@ -167,7 +179,7 @@ def _check_resumable(stored, config, ckpt_path):
                          f"same ones, or start again with --overwrite")
 
 
-def train(config, resume=False, max_steps=None, progress=True, log=print, overwrite=False):
+def train(config, resume=False, max_steps=None, progress=True, log=print, overwrite=False, world=None):
     """Train ``config.model``; returns (model, last metrics). ``max_steps`` stops early (as an interrupt would).
 
     Before the first step, both splits are checked (not empty, every file readable) and --out is made
@@ -177,22 +189,37 @@ def train(config, resume=False, max_steps=None, progress=True, log=print, overwr
     always good. The end of an epoch -- validation and its line in metrics.jsonl -- is recorded in the
     checkpoint as pending until done, so a run interrupted there finishes it when resumed; resuming also
     cuts the log back to the epochs the checkpoint knows were logged.
+
+    Under ``mpiexec -n N`` (or with ``world``, a minifcn.distributed world) the N processes train one
+    model on one global batch of ``batch_size``, each computing its rows; rank 0 alone holds --out,
+    writes files and shows progress (see minifcn.distributed).
     """
+    world = world or distributed.world()
     if resume and overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite starts it again: give one of them")
     train_set = open_dataset(config, config.train_split, config.train_subset)
     val_set = open_dataset(config, config.val_split, config.val_subset)
     verify(train_set, "training")
     verify(val_set, "validation")
-    _make_out(config)
-    with runlock.hold(config.out, log):
-        return _train(config, train_set, val_set, resume, max_steps, progress, log, overwrite)
+    if config.batch_size < world.size:
+        raise ValueError(f"batch-size {config.batch_size} is less than the {world.size} ranks: each rank needs "
+                         f"at least one image of every batch")
+    root = world.rank == 0
+    if root:
+        _make_out(config)
+    with runlock.hold(config.out, log) if root else contextlib.nullcontext():
+        return _train(config, train_set, val_set, resume, max_steps, progress and root,
+                      log if root else (lambda *_: None), overwrite, world)
 
 
-def _train(config, train_set, val_set, resume, max_steps, progress, log, overwrite):
-    """The body of ``train``, run while --out is locked."""
+def _train(config, train_set, val_set, resume, max_steps, progress, log, overwrite, world):
+    """The body of ``train``, run while --out is locked (by rank 0)."""
     ckpt_path, log_path = os.path.join(config.out, "checkpoint.npz"), os.path.join(config.out, "metrics.jsonl")
-    _prepare_out(config, resume, overwrite, ckpt_path, log_path, log)
+    root = world.rank == 0
+    if root:
+        _prepare_out(config, resume, overwrite, ckpt_path, log_path, log)
+    world.barrier()  # the other ranks read --out only once rank 0 holds it and has cleared it
+    distributed.use_device_of(world.rank)
     model = models.build(config.model, **config.model_config())
     if config.init:  # staged training, or a pre-trained classifier: copy every weight that fits
         copied, fresh = initialize(model, config.init)
@@ -217,7 +244,8 @@ def _train(config, train_set, val_set, resume, max_steps, progress, log, overwri
             raise CheckpointError(f"{ckpt_path}: its optimiser state does not fit ({err})") from None
         step, metrics, pending = state["meta"]["step"], state["meta"].get("metrics"), state["meta"].get("pending")
         saved = step
-        _agree_with_checkpoint(log_path, metrics["step"] if metrics else 0)
+        if root:
+            _agree_with_checkpoint(log_path, metrics["step"] if metrics else 0)
         log(f"resumed from {ckpt_path} at step {step}/{total_steps}")
     dropouts = [m for _, m in model.named_modules() if isinstance(m, nn.Dropout)]
     probe = next(batches(train_set, config.batch_size, np.arange(min(len(train_set), config.batch_size)),
@@ -231,8 +259,11 @@ def _train(config, train_set, val_set, resume, max_steps, progress, log, overwri
         model.train()
         return finite
 
-    def checkpoint():
-        """Write only weights known to be good: finite, with finite outputs on a fixed training batch."""
+    def checkpoint(interrupted=False):
+        """Write only weights known to be good: finite, with finite outputs on a fixed training batch.
+
+        Every rank checks (their weights are equal, so they agree) and, unless interrupted, that the
+        weights are still equal across ranks; rank 0 writes."""
         nonlocal saved, verified
         bad = [name for name, p in model.named_parameters() if not np.isfinite(p.numpy()).all()]
         if bad:
@@ -240,9 +271,12 @@ def _train(config, train_set, val_set, resume, max_steps, progress, log, overwri
         if not verified and not outputs_finite():
             diverged(f"the outputs became non-finite after step {step}")
         verified = True
-        save_checkpoint(ckpt_path, config, model, optimizer, {"step": step, "epoch": step / steps_per_epoch,
-                                                              "seed": config.seed, "metrics": metrics,
-                                                              "pending": pending})
+        if not interrupted:
+            world.check_same(distributed.checksum(model.parameters()), f"the weights after step {step}")
+        if root:
+            save_checkpoint(ckpt_path, config, model, optimizer,
+                            {"step": step, "epoch": step / steps_per_epoch, "seed": config.seed, "metrics": metrics,
+                             "pending": pending, "ranks": world.size})
         saved = step
 
     def diverged(what):
@@ -255,11 +289,12 @@ def _train(config, train_set, val_set, resume, max_steps, progress, log, overwri
         nonlocal metrics, pending
         record, epoch_done = dict(pending), pending["epoch"]
         if config.val_every and (epoch_done % config.val_every == 0 or record["step"] == total_steps):
-            cm = evaluate(model, val_set, config.batch_size, config.num_classes)
+            cm = evaluate(model, val_set, config.batch_size, config.num_classes, world=world)
             record.update({k: v for k, v in cm.scores().items() if not k.startswith("class")})
         try:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            if root:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
         except OSError as err:
             raise OSError(err.errno, f"could not append epoch {epoch_done} to {log_path} ({err.strerror or err}); "
                                      f"the last checkpoint is intact, and --resume logs the epoch again") from None
@@ -289,13 +324,25 @@ def _train(config, train_set, val_set, resume, max_steps, progress, log, overwri
             optimizer.zero_grad()
             loss_total, correct, counted = 0.0, 0, 0
             for x, y in batches(train_set, config.batch_size, chunk, transform, model.preprocess):
+                denominator = None
+                if world.size > 1:  # every rank holds the global batch; it computes its rows of it
+                    rows = world.rows(len(x))
+                    for m in dropouts:
+                        m.shard = (rows.start, len(x))
+                    if config.loss_reduction == "mean":
+                        denominator = F.pixel_weight(y, weight)
+                    x, y = x[rows], y[rows]
                 scores = model(Tensor(x))
-                loss = F.softmax_cross_entropy(scores, y, reduction=config.loss_reduction, weight=weight)
+                loss = F.softmax_cross_entropy(scores, y, reduction=config.loss_reduction, weight=weight,
+                                               denominator=denominator)
                 (loss * (1.0 / config.accum_steps)).backward()
                 loss_total += loss.item() / config.accum_steps
                 valid = y != 255
                 correct += int((scores.numpy().argmax(axis=1) == y)[valid].sum())
                 counted += int(valid.sum())
+            if world.size > 1:  # the one collective of a step: gradients, loss and counts summed over the ranks
+                loss_total, correct, counted = distributed.sum_gradients(world, model.parameters(),
+                                                                         (loss_total, correct, counted))
             if not np.isfinite(loss_total):
                 diverged(f"loss became {loss_total} at step {step} (epoch {epoch})")
             optimizer.step()
@@ -311,7 +358,7 @@ def _train(config, train_set, val_set, resume, max_steps, progress, log, overwri
             elif step % config.checkpoint_every == 0:
                 checkpoint()
     except KeyboardInterrupt:
-        checkpoint()
+        checkpoint(interrupted=True)
         log(f"\ninterrupted at step {step}; saved {ckpt_path}. Continue with --resume.")
         raise
     finally:

@@ -304,3 +304,21 @@ def test_ranks_whose_weights_drift_apart_are_stopped(data, tmp_path):
     ours = errors(done.stderr)
     assert done.returncode != 0 and len(ours) == 1 and "the weights after step 2 differ between ranks" in ours[0]
     assert not (tmp_path / "run" / "checkpoint.npz").exists()  # nothing written from drifted weights
+
+
+@pytest.mark.gpu
+def test_each_rank_takes_the_gpu_of_its_rank_modulo_the_device_count():
+    from minifcn import backend
+    if not backend.available("cupy"):
+        pytest.skip("needs a CUDA GPU and CuPy (the gpu extra): rank r's device is r % device_count")
+    import cupy
+    before = backend.get_backend()
+    backend.set_backend("cupy")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+        for rank in range(3):
+            distributed.use_device_of(rank)
+            assert cupy.cuda.Device().id == rank % count
+    finally:
+        cupy.cuda.Device(0).use()
+        backend.set_backend(before)

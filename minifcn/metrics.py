@@ -8,8 +8,10 @@ the pixels of class i, and K the number of classes (FCN paper, section 5):
     mean IU             (1/K) sum_i n_ii / (t_i + sum_j n_ji - n_ii)
     frequency-weighted  (sum_k t_k)^-1 sum_i t_i n_ii / (t_i + sum_j n_ji - n_ii)
 
-Classes that never occur and are never predicted have no accuracy or IU and
-are left out of the means (NaN-mean).
+Absent classes: a class with no true pixels has no accuracy (0/0), so mean
+accuracy leaves out every absent class; its IU is 0/0 only if it is also never
+predicted, so mean IU leaves out the classes neither present nor predicted,
+and an absent class that is predicted counts with IU 0 (NaN-means throughout).
 """
 
 import numpy as np

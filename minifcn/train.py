@@ -9,7 +9,6 @@ checkpoint at step k makes the same draws as one that never stopped.
 
 import contextlib
 import json
-import math
 import os
 import time
 

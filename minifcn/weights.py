@@ -163,21 +163,21 @@ def _encode(text, encoding="latin1"):
 def allowed_globals():
     """The names a checkpoint may use, each resolved to a fresh stand-in (storage types are per load)."""
     return {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
-    ("torch", "Tensor"): _tensor_type,
-    ("torch.nn.parameter", "Parameter"): _tensor_type,
-    ("torch", "Size"): tuple,
-    ("numpy.core.multiarray", "scalar"): _scalar,
-    ("numpy._core.multiarray", "scalar"): _scalar,
-    ("numpy", "dtype"): _dtype,
-    ("_codecs", "encode"): _encode,
-    **{("torch", name): StorageType(name) for name in STORAGE_DTYPES},
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+        ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
+        ("torch", "Tensor"): _tensor_type,
+        ("torch.nn.parameter", "Parameter"): _tensor_type,
+        ("torch", "Size"): tuple,
+        ("numpy.core.multiarray", "scalar"): _scalar,
+        ("numpy._core.multiarray", "scalar"): _scalar,
+        ("numpy", "dtype"): _dtype,
+        ("_codecs", "encode"): _encode,
+        **{("torch", name): StorageType(name) for name in STORAGE_DTYPES},
     }
 
 

@@ -23,16 +23,6 @@ TINY = dict(width=1 / 16, fc_width=16, input_mode="pad32", batch_size=2, crop=32
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return synthesize(str(tmp_path_factory.mktemp("voc")), 4, 2, 32, progress=False)
-
-
-@pytest.fixture
-def data(dataset, tmp_path):
-    return shutil.copytree(dataset, tmp_path / "data")
-
-
-@pytest.fixture(scope="module")
 def checkpoint(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
     train(TrainConfig(data=dataset, out=str(out), **TINY), progress=False)

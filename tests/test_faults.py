@@ -14,25 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import run
 from minifcn import functional as F
 from minifcn.cli import main
-from minifcn.data import synthesize
 from minifcn.data.voc import read_image
 from minifcn.train import TrainConfig, TrainingDiverged, load_checkpoint, read_checkpoint, save_checkpoint, train
 
 TINY = ["--width", "0.0625", "--fc-width", "16", "--input-mode", "pad32", "--batch-size", "2", "--crop", "32",
         "--checkpoint-every", "1"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return synthesize(str(tmp_path_factory.mktemp("voc")), 6, 2, 32, progress=False)
-
-
-@pytest.fixture
-def data(dataset, tmp_path):
-    """A private copy, so a test may break it."""
-    return shutil.copytree(dataset, tmp_path / "data")
 
 
 def snapshot(folder):
@@ -43,15 +32,6 @@ def snapshot(folder):
             path = os.path.join(root, f)
             found[os.path.relpath(path, folder)] = hashlib.sha1(open(path, "rb").read()).hexdigest()
     return found
-
-
-def run(capsys, *argv):
-    """(exit code, stderr) of the CLI; argparse errors exit through SystemExit."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as stop:
-        code = stop.code
-    return code, capsys.readouterr().err
 
 
 def train_args(data, out, *more):

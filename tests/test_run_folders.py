@@ -4,36 +4,21 @@ each writer's own, and what a full disk or a kill mid-write leaves behind."""
 import errno
 import json
 import os
-import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 import forge
+from helpers import run
 from minifcn import atomic, runlock
 from minifcn.checkpoint import read_checkpoint, save_checkpoint
 from minifcn.cli import main
-from minifcn.data import synthesize
 from minifcn.models import FCN32s
 from minifcn.train import TrainConfig
 
 TINY = ["--width", "0.0625", "--fc-width", "16", "--input-mode", "pad32", "--batch-size", "2", "--crop", "32"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return synthesize(str(tmp_path_factory.mktemp("voc")), 6, 2, 32, progress=False)
-
-
-def run(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as stop:
-        code = stop.code
-    return code, capsys.readouterr().err
 
 
 HOLDER = ("import sys\nfrom minifcn import runlock\nwith runlock.hold(sys.argv[1]):\n"

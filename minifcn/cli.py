@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -37,13 +38,9 @@ def boolean(text):
 
 def positive_int(text):
     """An integer >= 1: counts and sizes (a -1 would silently mean 'all but the last')."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1 or str(value) != text.strip().lstrip("+"):
+    if not re.fullmatch(r"\s*\+?\d+\s*", text) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
+    return int(text)
 
 
 def count(text):

@@ -339,7 +339,7 @@ def _train(config, train_set, val_set, resume, max_steps, progress, log, overwri
                 valid = y != 255
                 correct += int((scores.numpy().argmax(axis=1) == y)[valid].sum())
                 counted += int(valid.sum())
-            if world.size > 1:  # the one collective of a step: gradients, loss and counts summed over the ranks
+            if world.size > 1:  # the step's communication: gradients, loss and counts summed over the ranks
                 loss_total, correct, counted = distributed.sum_gradients(world, model.parameters(),
                                                                          (loss_total, correct, counted))
             if not np.isfinite(loss_total):

@@ -213,6 +213,60 @@ def pad2d(x, top, bottom, left, right):
     return Pad2d.apply(x, pads=(top, bottom, left, right))
 
 
+class BatchNorm(Function):
+    """y = gamma (x - mean) / sqrt(var + eps) + beta, per channel, over the batch and the pixels.
+
+    In training the mean and (biased) variance are the batch's own, so every output depends on every
+    input of its channel: with x^ the normalised input and M = N H W values per channel,
+
+        dx = gamma / sqrt(var + eps) * (dy - mean(dy) - x^ mean(dy x^)),
+
+    the two subtracted means being the paths through the batch mean and variance. In evaluation the
+    running statistics are constants, and the layer is a per-channel affine map.
+    """
+
+    def forward(self, x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
+        xp = array_module(x)
+        axes = (0, 2, 3)
+        if training:
+            mean, var = x.mean(axis=axes), x.var(axis=axes)
+            m = x.size // x.shape[1]
+            running_mean *= 1 - momentum
+            running_mean += momentum * mean
+            running_var *= 1 - momentum
+            running_var += momentum * var * (m / max(m - 1, 1))  # the running variance is the unbiased one
+        else:
+            mean, var = running_mean, running_var
+        self.invstd = (1 / xp.sqrt(var + eps)).astype(x.dtype)
+        self.xhat = (x - mean.reshape(1, -1, 1, 1)) * self.invstd.reshape(1, -1, 1, 1)
+        self.gamma, self.training = gamma, training
+        return self.xhat * gamma.reshape(1, -1, 1, 1) + beta.reshape(1, -1, 1, 1)
+
+    def backward(self, g):
+        axes, shape = (0, 2, 3), (1, -1, 1, 1)
+        dgamma, dbeta = (g * self.xhat).sum(axis=axes), g.sum(axis=axes)
+        scale = (self.gamma * self.invstd).reshape(shape)
+        if self.training:
+            dx = scale * (g - g.mean(axis=axes, keepdims=True)
+                          - self.xhat * (g * self.xhat).mean(axis=axes, keepdims=True))
+        else:
+            dx = scale * g
+        return dx.astype(g.dtype), dgamma, dbeta
+
+
+def batch_norm(x, weight, bias, running_mean, running_var, training=True, momentum=0.1, eps=1e-5):
+    """Batch normalisation (Ioffe & Szegedy 2015) of (N, C, H, W) ``x``; in training the running statistics
+    (plain arrays, updated in place) move ``momentum`` of the way to the batch's."""
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    if x.ndim != 4 or weight.shape != (x.shape[1],):
+        raise ValueError(f"batch_norm: expected (N, {weight.shape[0]}, H, W) input, got shape {x.shape}")
+    if training and x.data.size // x.shape[1] < 2:
+        raise ValueError(f"batch_norm: a batch of shape {x.shape} has one value per channel, no variance to "
+                         f"normalise by; train with more than one pixel or image")
+    return BatchNorm.apply(x, weight, bias, running_mean=running_mean, running_var=running_var, training=training,
+                           momentum=momentum, eps=eps)
+
+
 def crop(x, top, left, height, width):
     """x[:, :, top:top+height, left:left+width], checked to lie inside x."""
     H, W = x.shape[2:]

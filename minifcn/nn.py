@@ -22,9 +22,14 @@ class Module:
     def __init__(self):
         object.__setattr__(self, "_parameters", {})
         object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "_buffers", {})
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name, value):
+        if name in self._buffers:  # a buffer stays a buffer: assigning replaces its array
+            self._buffers[name] = value
+            object.__setattr__(self, name, value)
+            return
         for registry in (self._parameters, self._modules):
             registry.pop(name, None)
         if isinstance(value, Parameter):
@@ -52,6 +57,17 @@ class Module:
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
+    def register_buffer(self, name, array):
+        """State that is not learned by gradients but saved and loaded with the weights (BatchNorm's running
+        statistics)."""
+        self._buffers[name] = array
+        object.__setattr__(self, name, array)
+
+    def named_buffers(self):
+        for prefix, module in self.named_modules():
+            for name, b in module._buffers.items():
+                yield prefix + name, b
+
     def train(self, mode=True):
         for _, module in self.named_modules():
             object.__setattr__(module, "training", mode)
@@ -61,22 +77,33 @@ class Module:
         return self.train(False)
 
     def state_dict(self):
-        """name -> host ndarray copy, for every parameter (frozen ones included)."""
-        return {name: p.numpy().copy() for name, p in self.named_parameters()}
+        """name -> host ndarray copy, for every parameter (frozen ones included) and buffer."""
+        state = {name: p.numpy().copy() for name, p in self.named_parameters()}
+        state.update({name: np.array(b.get() if hasattr(b, "get") else b) for name, b in self.named_buffers()})
+        return state
 
     def load_state_dict(self, state, strict=True):
-        """Copy arrays into the parameters, checking names and shapes; keeps each parameter's dtype."""
+        """Copy arrays into the parameters and buffers, checking names and shapes; keeps each one's dtype."""
         own = dict(self.named_parameters())
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        buffers = {name: (module, name.rsplit(".", 1)[-1]) for prefix, module in self.named_modules()
+                   for name in (prefix + b for b in module._buffers)}
+        missing = sorted((set(own) | set(buffers)) - set(state))
+        unexpected = sorted(set(state) - set(own) - set(buffers))
         if strict and (missing or unexpected):
             raise ValueError(f"state dict mismatch: missing {missing[:8]}, unexpected {unexpected[:8]}")
         for name, value in state.items():
-            if name not in own:
-                continue
-            p, value = own[name], np.asarray(value)
-            if p.shape != value.shape:
-                raise ValueError(f"{name}: checkpoint shape {value.shape} != model shape {p.shape}")
-            p.data = array_module(p.data).asarray(value, dtype=p.dtype).copy()
+            value = np.asarray(value)
+            if name in buffers:
+                module, attribute = buffers[name]
+                old = module._buffers[attribute]
+                if old.shape != value.shape:
+                    raise ValueError(f"{name}: checkpoint shape {value.shape} != model shape {old.shape}")
+                setattr(module, attribute, array_module(old).asarray(value, dtype=old.dtype).copy())
+            elif name in own:
+                p = own[name]
+                if p.shape != value.shape:
+                    raise ValueError(f"{name}: checkpoint shape {value.shape} != model shape {p.shape}")
+                p.data = array_module(p.data).asarray(value, dtype=p.dtype).copy()
         return self
 
 
@@ -173,6 +200,43 @@ class Dropout(Module):
 
     def forward(self, x):
         return F.dropout(x, self.p, self.training, self.generator, self.shard)
+
+
+class BatchNorm2d(Module):
+    """Per-channel batch normalisation with a learned scale and shift (``F.batch_norm``).
+
+    Training normalises with the batch's statistics and moves the running ones towards them; eval mode
+    uses the running ones, which makes the layer a fixed per-channel affine map: ``fold_batchnorm``
+    folds it into the convolution before it, so a trained net keeps the paper's layers.
+    """
+
+    def __init__(self, channels, momentum=0.1, eps=1e-5):
+        super().__init__()
+        self.weight = Parameter(np.ones(channels, np.float32))
+        self.bias = Parameter(np.zeros(channels, np.float32))
+        self.register_buffer("running_mean", np.zeros(channels, np.float32))
+        self.register_buffer("running_var", np.ones(channels, np.float32))
+        self.momentum, self.eps = momentum, eps
+
+    def forward(self, x):
+        return F.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var, self.training,
+                            self.momentum, self.eps)
+
+
+def fold_batchnorm(conv, bn):
+    """The convolution equal to ``conv`` followed by ``bn`` in eval mode: a new Conv2d.
+
+    With s = gamma / sqrt(running_var + eps) per output channel,
+    bn(conv(x)) = s (W * x + b - mean) + beta = (s W) * x + (s (b - mean) + beta).
+    """
+    xp = array_module(conv.weight.data)
+    scale = bn.weight.data / xp.sqrt(xp.asarray(bn.running_var) + bn.eps)
+    bias = conv.bias.data if conv.bias is not None else xp.zeros_like(scale)
+    folded = Conv2d(conv.weight.shape[1], conv.weight.shape[0], conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation)
+    folded.weight = Parameter((conv.weight.data * scale.reshape(-1, 1, 1, 1)).astype(conv.weight.dtype))
+    folded.bias = Parameter((scale * (bias - xp.asarray(bn.running_mean)) + bn.bias.data).astype(conv.weight.dtype))
+    return folded
 
 
 class Sequential(Module):

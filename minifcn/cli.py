@@ -178,13 +178,14 @@ def cmd_predict(args):
         raise ValueError(f"-o {args.output} is a file; -o names the folder the masks go into")
     _, model, _ = load_checkpoint(args.checkpoint)
     os.makedirs(args.output, exist_ok=True)
-    for path in args.images:
-        image = read_image(path, args.max_pixels)
-        label = predict(model, image)
-        stem = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0])
-        save_png(stem + "_mask.png", colorize(label))
-        save_png(stem + "_overlay.png", overlay(image, label))
-        print(f"wrote {stem}_mask.png and {stem}_overlay.png")
+    with runlock.hold(args.output):  # another predict into this folder would mix two sets of masks
+        for path in args.images:
+            image = read_image(path, args.max_pixels)
+            label = predict(model, image)
+            stem = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0])
+            save_png(stem + "_mask.png", colorize(label))
+            save_png(stem + "_overlay.png", overlay(image, label))
+            print(f"wrote {stem}_mask.png and {stem}_overlay.png")
 
 
 def cmd_summary(args):
@@ -200,14 +201,16 @@ def cmd_summary(args):
 
 def cmd_data(args):
     if args.action == "synth":
-        lists = os.path.join(args.root, "ImageSets", "Segmentation")
-        if not args.force and any(os.path.exists(os.path.join(lists, f"{s}.txt")) for s in ("train", "val")):
-            raise ValueError(f"{args.root} already holds a dataset ({lists}); choose another --root, or add "
-                             f"--force to write over it")
-        synthesize(args.root, args.train, args.val, args.size, args.seed, args.layouts, style=args.style)
-        for split, n in (("train", args.train), ("val", args.val)):  # every file is there and opens
-            if n:
-                verify(VOCSegmentation(args.root, split), f"written {split}")
+        os.makedirs(args.root, exist_ok=True)
+        with runlock.hold(args.root):  # two writers would mix two datasets in one folder
+            lists = os.path.join(args.root, "ImageSets", "Segmentation")
+            if not args.force and any(os.path.exists(os.path.join(lists, f"{s}.txt")) for s in ("train", "val")):
+                raise ValueError(f"{args.root} already holds a dataset ({lists}); choose another --root, or add "
+                                 f"--force to write over it")
+            synthesize(args.root, args.train, args.val, args.size, args.seed, args.layouts, style=args.style)
+            for split, n in (("train", args.train), ("val", args.val)):  # every file is there and opens
+                if n:
+                    verify(VOCSegmentation(args.root, split), f"written {split}")
         print(f"wrote a VOC-format dataset to {args.root}")
     else:
         print(f"VOC2012 ready at {download(args.name, args.root)}")
@@ -371,7 +374,7 @@ def parser():
     s.add_argument("--root", required=True, help="the folder to write (VOCdevkit/VOC2012 layout)")
     s.add_argument("--train", type=positive_int, default=200, help="training images (default 200)")
     s.add_argument("--val", type=count, default=50, help="validation images (default 50)")
-    s.add_argument("--size", type=positive_int, default=96, help="image side in pixels, at least 8 (default 96)")
+    s.add_argument("--size", type=positive_int, default=96, help="image side in pixels, 8 to 4096 (default 96)")
     s.add_argument("--seed", type=int, default=0, help="seed of the drawing (default 0)")
     s.add_argument("--layouts", help="a folder of real VOC palette PNGs to paint instead of drawn shapes")
     s.add_argument("--style", default="plain", choices=sorted(PAINTERS),

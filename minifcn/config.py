@@ -9,6 +9,8 @@ from .models.shapes import check_size
 
 MAX_CLASSES = 255  # label maps are uint8 and 255 marks void: classes 0 ... 254
 MAX_SIDE = 4096  # pixels: the largest --image-size or --crop a setting may ask for
+MAX_BATCH = 4096  # images (or crops) in one step
+MAX_CROPS_PER_IMAGE = 256
 
 
 @dataclasses.dataclass
@@ -67,6 +69,8 @@ class TrainConfig:
                 bad(name, f"at most {MAX_SIDE} pixels")
         if self.num_classes > MAX_CLASSES:
             bad("num_classes", f"at most {MAX_CLASSES} (label maps are 8-bit and 255 marks void)")
+        if self.batch_size > MAX_BATCH:
+            bad("batch_size", f"at most {MAX_BATCH} images")
         for name in ("warmup_steps", "val_every"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
                 bad(name, "an integer >= 0")
@@ -133,6 +137,9 @@ class PretrainConfig:
         for name in ("num_classes", "fc_width", "crops_per_image", "epochs", "batch_size"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be an integer >= 1, got {getattr(self, name)!r}")
+        for name, most in (("crops_per_image", MAX_CROPS_PER_IMAGE), ("batch_size", MAX_BATCH)):
+            if getattr(self, name) > most:  # crops are held in memory until a batch is full
+                raise ValueError(f"{name.replace('_', '-')} must be at most {most}, got {getattr(self, name)}")
         if not (isinstance(self.width, (int, float)) and math.isfinite(self.width) and self.width > 0):
             raise ValueError(f"width must be a finite number > 0, got {self.width!r}")
         if self.num_classes > MAX_CLASSES or (self.image_size is not None and not

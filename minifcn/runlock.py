@@ -3,7 +3,8 @@
 Two runs writing into one folder would interleave their logs and rename each other's checkpoints.
 ``flock`` is released by the kernel when the holder exits, however it exits, so a crash never leaves
 a folder locked; the lock file also records who holds it, so a refusal can name the holder and a
-lock file left non-empty by a crashed run is recognised (and said) when the next run takes it.
+lock file left behind by a crashed run is recognised (and said) when the next run takes it; a run that
+ends cleanly removes its lock file.
 """
 
 import contextlib
@@ -42,13 +43,8 @@ def hold(folder, log=print):
                 del _held[key]
         return
     path = os.path.join(folder, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _lock(path, folder)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FolderInUse(f"{folder} is in use by another run ({_describe(_read(fd))}); wait for it to end "
-                              f"or choose another --out") from None
         stale = _read(fd)
         if stale:
             log(f"note: {folder} was still marked as used by {_describe(stale)}, which ended without releasing "
@@ -62,9 +58,30 @@ def hold(folder, log=print):
             yield
         finally:
             del _held[key]
-            os.ftruncate(fd, 0)  # an empty lock file: released cleanly
+            os.unlink(path)  # released cleanly: no lock file is left (removed while still held, see _lock)
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _lock(path, folder):
+    """A descriptor of ``path`` holding its exclusive flock. A holder removes the file when it is done, so a
+    lock won on a file that is no longer at ``path`` is worthless: try again on the new one."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe(_read(fd))
+            os.close(fd)
+            raise FolderInUse(f"{folder} is in use by another run ({holder}); wait for it to end or choose "
+                              f"another folder") from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
 
 
 def _read(fd):

@@ -150,3 +150,18 @@ def test_predict_never_wraps_class_256_into_background():
     model = FCN8s(num_classes=300, width=1 / 64, fc_width=4, input_mode="pad32")
     with pytest.raises(ValueError, match="scores 300 classes; label maps hold at most 255"):
         predict(model, np.zeros((32, 32, 3), np.uint8))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pretrain", "--data", "d", "--crops-per-image", "1000000000"], "crops-per-image must be at most 256"),
+    (["pretrain", "--data", "d", "--batch-size", "1000000000"], "batch-size must be at most 4096"),
+    (["train", "--data", "d", "--batch-size", "1000000000"], "batch-size must be at most 4096 images"),
+])
+def test_settings_that_would_hold_unbounded_crops_are_refused(argv, message, capsys):
+    assert main(argv) == 2 and message in capsys.readouterr().err
+
+
+def test_data_synth_refuses_an_image_side_that_would_not_fit_in_memory(tmp_path, capsys):
+    assert main(["data", "synth", "--root", str(tmp_path / "d"), "--size", "100000"]) == 2
+    assert "size must be at most 4096 pixels" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "JPEGImages").exists()

@@ -44,7 +44,7 @@ def test_a_second_run_into_a_held_folder_is_refused_naming_folder_and_holder(dat
         holder.communicate("", timeout=60)
     code, err = run(capsys, "train", "--data", dataset, "--out", out, *TINY, "--epochs", "1")  # released
     assert code == 0, err
-    assert (out / ".minifcn.lock").read_text() == ""  # released cleanly: an empty lock file
+    assert not (out / ".minifcn.lock").exists()  # released cleanly: no lock file left
 
 
 def test_the_lock_is_reentrant_within_one_process(tmp_path):
@@ -52,7 +52,7 @@ def test_the_lock_is_reentrant_within_one_process(tmp_path):
         with runlock.hold(str(tmp_path)):
             pass
         assert str(os.getpid()) in (tmp_path / ".minifcn.lock").read_text()  # still held by the outer block
-    assert (tmp_path / ".minifcn.lock").read_text() == ""
+    assert not (tmp_path / ".minifcn.lock").exists()
 
 
 def test_two_runs_started_together_never_share_a_folder(dataset, tmp_path):
@@ -187,3 +187,27 @@ def test_data_synth_on_a_full_disk_fails_naming_the_file(tmp_path):
 def test_train_resume_with_overwrite_is_refused(dataset, tmp_path, capsys):
     code, err = run(capsys, "train", "--data", dataset, "--out", tmp_path / "run", *TINY, "--resume", "--overwrite")
     assert code == 2 and "give one of them" in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["synth", "predict"])
+def test_data_synth_and_predict_hold_their_folder_too(tmp_path, capsys, command):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        if command == "synth":
+            argv = ["data", "synth", "--root", folder, "--train", "2", "--val", "1", "--size", "32"]
+        else:
+            ckpt = str(tmp_path / "c.npz")
+            save_checkpoint(ckpt, _config(tmp_path), _small_model(), meta={"step": 0})
+            image = tmp_path / "x.png"
+            from PIL import Image
+            Image.new("RGB", (32, 32)).save(image)
+            argv = ["predict", image, "--checkpoint", ckpt, "-o", folder]
+        code, err = run(capsys, *argv)
+        assert code == 2 and f"{folder} is in use by another run (pid {holder.pid}" in err
+        assert os.listdir(folder) == [".minifcn.lock"]
+    finally:
+        holder.communicate("", timeout=60)

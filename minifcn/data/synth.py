@@ -22,6 +22,7 @@ from ..atomic import write_bytes
 from .voc import IGNORE, VOC_CLASSES, encode, read_ids, read_label, write_label
 
 MIN_SIZE = 8  # pixels: anything smaller is not an image of objects
+MAX_SIZE = 4096  # pixels: drawing holds a few float maps of size^2
 SYNTH_CLASSES = ("person", "bicycle", "car", "chair", "bottle", "tvmonitor")
 
 # Appearance per class: base colour, stripe period (px) and stripe angle (rad). Colours overlap on purpose.
@@ -248,6 +249,9 @@ def synthesize(root, n_train=200, n_val=50, size=96, seed=0, layouts=None, progr
     for name, value, least in (("train", n_train, 1), ("val", n_val, 0), ("size", size, MIN_SIZE)):
         if not (isinstance(value, int) and value >= least):
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")  # before anything is written
+    if size > MAX_SIZE:
+        raise ValueError(f"size must be at most {MAX_SIZE} pixels (an image of {size}^2 would not fit in memory "
+                         f"for drawing), got {size}")
     if style not in PAINTERS:
         raise ValueError(f"style must be one of {sorted(PAINTERS)}, got {style!r}")
     for sub in ("JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation")):

@@ -127,7 +127,7 @@ def _make_out(config):
     """Create --out and prove it is writable, before anything is trained."""
     try:
         os.makedirs(config.out, exist_ok=True)
-        probe = os.path.join(config.out, ".minifcn-write-test")
+        probe = atomic.temporary_name(os.path.join(config.out, ".minifcn-write-test"))  # two runs never share it
         with open(probe, "w"):
             pass
         os.remove(probe)
@@ -170,7 +170,7 @@ def _agree_with_checkpoint(log_path, last):
 def _check_resumable(stored, config, ckpt_path):
     """A checkpoint continues only the run it came from: the same net, widths and optimiser."""
     fields = ("model", "width", "fc_width", "num_classes", "input_mode", "optimizer", "upsampling", "freeze_body",
-              "fc6_kernel")
+              "fc6_kernel", "seed")  # the seed too: it draws the order, the crops and the masks of every step
     changed = [f"{f} {getattr(stored, f)!r} -> {getattr(config, f)!r}" for f in fields
                if getattr(stored, f) != getattr(config, f)]
     if changed:

@@ -385,3 +385,11 @@ def test_a_signal_mid_run_then_resume_equals_a_run_that_never_stopped(data, tmp_
 
 def test_train_diverged_is_a_runtime_error_for_library_users():
     assert issubclass(TrainingDiverged, RuntimeError)
+
+
+def test_resuming_with_another_seed_is_refused_rather_than_mixing_two_runs(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(capsys, *train_args(data, out, "--epochs", "1", "--seed", "1"))[0] == 0
+    before = (out / "metrics.jsonl").read_text()
+    code, err = run(capsys, *train_args(data, out, "--epochs", "2", "--seed", "2", "--resume"))
+    assert code == 2 and "seed 1 -> 2" in err and (out / "metrics.jsonl").read_text() == before

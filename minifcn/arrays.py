@@ -48,3 +48,8 @@ def to_default_module(array):
     """A host array moves to the GPU when the default module is cupy; otherwise it stays where it is."""
     target = default_module()
     return target.asarray(array) if target is not np and array_module(array) is np else array
+
+
+def to_host(array):
+    """A NumPy array of ``array``'s values: CuPy's are copied from the GPU (``.get()``), others pass as they are."""
+    return array.get() if hasattr(array, "get") else np.asarray(array)

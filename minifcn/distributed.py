@@ -24,6 +24,7 @@ MPI launcher started as one of several does (``launched_size``).
 
 import numpy as np
 
+from .arrays import array_module, to_host
 from .launcher import default_threads, launched_size, local_size  # noqa: F401 (part of this module's API)
 
 class World:
@@ -126,9 +127,8 @@ def sum_gradients(world, parameters, extra=()):
     dtype), and the float64 numbers ``extra`` (the step's loss and pixel counts, say), which are returned
     summed. A parameter this rank gave no gradient (its rows of a short last batch were none) adds zeros.
     """
-    from .arrays import array_module
     parameters = [p for p in parameters if p.requires_grad]
-    host = [np.zeros(p.shape, p.dtype) if p.grad is None else _host(p.grad) for p in parameters]
+    host = [np.zeros(p.shape, p.dtype) if p.grad is None else to_host(p.grad) for p in parameters]
     flat = np.concatenate([g.ravel() for g in host]) if host else np.zeros(0, np.float32)
     world.sum(flat)
     start = 0
@@ -138,11 +138,7 @@ def sum_gradients(world, parameters, extra=()):
     return world.sum(np.array(extra, np.float64))
 
 
-def _host(array):
-    return array.get() if hasattr(array, "get") else np.asarray(array)
-
-
 def checksum(parameters):
     """Per parameter: the float64 sum and sum of squares of its weights (bit-equal weights give equal sums)."""
-    return np.array([[float(np.sum(_host(p.data), dtype=np.float64)),
-                      float(np.sum(np.square(_host(p.data), dtype=np.float64)))] for p in parameters])
+    return np.array([[float(np.sum(to_host(p.data), dtype=np.float64)),
+                      float(np.sum(np.square(to_host(p.data), dtype=np.float64)))] for p in parameters])

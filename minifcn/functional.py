@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from . import backend, workspace
-from .arrays import array_module, as_array
+from .arrays import array_module, as_array, to_host
 from .autograd import Function, Tensor
 from .conv_arithmetic import conv_geometry, conv_output_size, conv_transpose_output_size, pair
 from .im2col import col2im, im2col
@@ -303,11 +303,11 @@ class SoftmaxCrossEntropy(Function):
 
 def pixel_weight(target, weight=None, ignore_index=255):
     """The labelled pixels of ``target``, each counted with its class weight: what reduction="mean" divides by."""
-    t = np.asarray(target.get() if hasattr(target, "get") else target)
+    t = to_host(target)
     valid = t[t != ignore_index].astype(np.int64)
     if weight is None:
         return float(valid.size)
-    w = np.asarray(weight.get() if hasattr(weight, "get") else weight, dtype=np.float64)
+    w = to_host(weight).astype(np.float64)
     return float(w[valid].sum())
 
 
@@ -344,7 +344,7 @@ def softmax_cross_entropy(logits, target, ignore_index=255, reduction="mean", we
         weight = as_array(weight)
         if weight.shape != (K,):
             raise ValueError(f"class weight of shape {weight.shape} does not match {K} classes")
-        host = np.asarray(weight.get() if hasattr(weight, "get") else weight, dtype=np.float64)
+        host = to_host(weight).astype(np.float64)
         if not np.isfinite(host).all() or (host < 0).any() or not host.any():
             raise ValueError(f"class weights must be finite, >= 0 and not all 0 (a negative weight turns the loss "
                              f"into a reward; all 0 learns nothing), got {host.tolist()[:8]}")

@@ -8,6 +8,7 @@ assignment order, so ``state_dict()`` names match the attribute paths
 import numpy as np
 
 from . import functional as F
+from .arrays import to_host
 from .autograd import Tensor, array_module
 
 
@@ -79,7 +80,7 @@ class Module:
     def state_dict(self):
         """name -> host ndarray copy, for every parameter (frozen ones included) and buffer."""
         state = {name: p.numpy().copy() for name, p in self.named_parameters()}
-        state.update({name: np.array(b.get() if hasattr(b, "get") else b) for name, b in self.named_buffers()})
+        state.update({name: np.array(to_host(b)) for name, b in self.named_buffers()})
         return state
 
     def load_state_dict(self, state, strict=True):

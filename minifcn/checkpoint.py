@@ -101,9 +101,9 @@ def _settings(path, settings, config_class, meta):
     known = {f.name for f in dataclasses.fields(config_class)}
     if config_class is TrainConfig and meta.get("kind") == "classifier":
         crop = settings.get("crop")
+        kernel = 1 if settings.get("head") == "average" else crop // 32 if isinstance(crop, int) else "CROP/32"
         raise CheckpointError(f"{path} is a classifier from 'minifcn pretrain', not an FCN: start an FCN from it "
-                              f"with 'minifcn train --init {path} --fc6-kernel "
-                              f"{crop // 32 if isinstance(crop, int) else 'CROP/32'}'")
+                              f"with 'minifcn train --init {path} --fc6-kernel {kernel}'")
     if set(settings) - known:
         raise CheckpointError(f"{path} is not a minifcn checkpoint (unknown settings {sorted(set(settings) - known)})")
     try:
@@ -115,7 +115,8 @@ def _settings(path, settings, config_class, meta):
 def expected_shapes(config):
     """The weight shapes a config's model has (classifier or FCN), by arithmetic."""
     if isinstance(config, PretrainConfig):
-        return classifier_shapes(config.num_classes, config.width, config.fc_width, config.crop)
+        return classifier_shapes(config.num_classes, config.width, config.fc_width, config.crop, config.head,
+                                 config.batchnorm)
     return model_shapes(config.model, **config.model_config())
 
 
@@ -130,15 +131,29 @@ def load_checkpoint(path):
     return config, model, state
 
 
+def init_path(path):
+    """The file ``--init`` names: a path as it is, or the .npz of shipped weights of that name. Neither is one
+    error that names the path and lists the weights that ship."""
+    if os.path.exists(str(path)) or str(path).endswith((".npz", ".pth")):
+        return str(path)
+    from .zoo import path_of
+    try:
+        return path_of(str(path))
+    except ValueError as err:
+        raise FileNotFoundError(f"--init {path}: no such file, and {err}") from None
+
+
 def initialize(model, path):
     """Start ``model`` from the weights in ``path``; returns (names copied, model names left as they were).
 
     A minifcn checkpoint (.npz) or a PyTorch file (.pth) with pytorch-fcn's names gives every tensor
     whose name and shape match (staged training: 32s -> 16s -> 8s); torchvision's VGG16 (.pth) is
     convolutionalized (``FCN.load_vgg16``), and so is a classifier from ``minifcn pretrain``
-    (``FCN.load_classifier``). Raises if a layer of the body (conv*, fc*) is there in
-    another shape -- the two nets differ in width -- or if nothing at all is copied.
+    (``FCN.load_classifier``). ``path`` may also name weights that ship with minifcn
+    (``vgg16-tinyimagenet``: ``minifcn weights list``). Raises if a layer of the body (conv*, fc*) is
+    there in another shape -- the two nets differ in width -- or if nothing at all is copied.
     """
+    path = init_path(path)
     if str(path).endswith(".pth"):
         source = weights.state_dict_of(weights.load_pth(path))
         if weights.kind_of(source) == "vgg16":
@@ -168,9 +183,16 @@ def initialize(model, path):
 
 def load_classifier(config, state):
     """The VGGClassifier a pre-training checkpoint holds."""
-    classifier = VGGClassifier(config.num_classes, config.width, config.fc_width, config.crop, config.seed)
+    classifier = VGGClassifier(config.num_classes, config.width, config.fc_width, config.crop, config.seed,
+                               config.batchnorm, config.head, config.dropout)
     try:
         classifier.load_state_dict(state["model"])
     except ValueError as err:
         raise CheckpointError(f"a classifier checkpoint that does not fit its own settings ({err})") from None
+    classes, names = state["meta"].get("classes"), state["meta"].get("names")
+    for what, value in (("classes", classes), ("names", names)):
+        if value is not None and (not isinstance(value, list) or len(value) != config.num_classes
+                                  or not all(isinstance(v, str) for v in value)):
+            raise CheckpointError(f"a classifier checkpoint whose {what} are not {config.num_classes} strings")
+    classifier.classes, classifier.names = classes, names or classes
     return classifier

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import atomic, backend, distributed, models, runlock, weights
 from .data import VOC_CLASSES, VOCSegmentation, synthesize, verify
-from .data.download import download
+from .data.download import ARCHIVES, download
 from .data.synth import PAINTERS
 from .data.voc import read_image
 from .config import MAX_CLASSES, PretrainConfig
@@ -92,18 +92,26 @@ HELP = {
     "val_split": "the split list validated on after each epoch",
     "train_subset": "use only the first N training images",
     "val_subset": "use only the first N validation images",
-    "init": "start from these weights: a minifcn checkpoint or classifier (.npz) or a PyTorch .pth",
+    "init": "start from these weights: a minifcn checkpoint or classifier (.npz), a PyTorch .pth, or the name "
+            "of weights that ship (minifcn weights list)",
     "seed": "seed of every random draw (order, augmentation, dropout, initialisation)",
     "checkpoint_every": "steps between checkpoints (and one at every epoch's end)",
     "val_every": "epochs between validation passes (0: never during training)",
     "crops_per_image": "classification crops cut from each training image per epoch",
 }
 PRETRAIN_HELP = {**HELP,
-                 "out": "the run folder: classifier.npz and pretrain.json (one run at a time holds it)",
-                 "num_classes": "classes of the segmentation labels the crops are named after",
-                 "crop": "crop size: 32 times an odd number (the FCN then uses --fc6-kernel crop/32)",
-                 "lr": "Adam's learning rate (linear warm-up, then poly decay)",
-                 "epochs": "passes over the training images"}
+                 "out": "the run folder: classifier.npz, metrics.jsonl, curves.png (one run at a time holds it)",
+                 "dataset": "tiny-imagenet (photos of 200 classes: the paper's recipe), or crops of voc or siftflow",
+                 "num_classes": "classes: those of the crops' segmentation labels, or the lines of wnids.txt",
+                 "crop": "input size; flatten head: 32 times an odd number (the FCN then uses --fc6-kernel crop/32)",
+                 "lr": "learning rate (linear warm-up, then poly decay)",
+                 "epochs": "passes over the training images",
+                 "batchnorm": "batch normalisation after every convolution (folded into it when an FCN starts)",
+                 "head": "flatten: fc6 reads the whole pool5 map (VGG); average: fc layers per pool5 pixel, "
+                         "scores averaged (FCN --fc6-kernel 1)",
+                 "dropout": "dropout rate of fc6's and fc7's outputs",
+                 "pad": "photos: reflect-pad this much and crop back at a random offset (augmentation)",
+                 "checkpoint_every": "steps between checkpoints (and one at every epoch's end)"}
 
 
 def describe(field, help_texts):
@@ -145,9 +153,10 @@ def cmd_pretrain(args):
     use_threads(args)
     _, history = pretrain(config, resume=True)
     if distributed.world().rank == 0:
-        print(f"wrote {os.path.join(config.out, 'classifier.npz')}: crop accuracy "
-          f"{100 * history[-1]['val_accuracy']:.1f} % on validation crops; start an FCN from it with "
-          f"--init {os.path.join(config.out, 'classifier.npz')} --fc6-kernel {config.fc6_kernel}")
+        what = "photos" if config.dataset == "tiny-imagenet" else "crops"
+        print(f"wrote {os.path.join(config.out, 'classifier.npz')}: top-1 {100 * history[-1]['val_accuracy']:.1f} %, "
+              f"top-5 {100 * history[-1]['val_top5']:.1f} % on the validation {what}; start an FCN from it with "
+              f"--init {os.path.join(config.out, 'classifier.npz')} --fc6-kernel {config.fc6_kernel}")
 
 
 def cmd_eval(args):
@@ -213,7 +222,7 @@ def cmd_data(args):
                     verify(VOCSegmentation(args.root, split), f"written {split}")
         print(f"wrote a VOC-format dataset to {args.root}")
     else:
-        print(f"VOC2012 ready at {download(args.name, args.root)}")
+        print(f"{args.name} ready at {download(args.name, args.root)}")
 
 
 def imported_model(state, model=None, num_classes=None, preprocess=None):
@@ -236,6 +245,17 @@ def imported_model(state, model=None, num_classes=None, preprocess=None):
     if num_classes and num_classes != config.num_classes:
         raise ValueError(f"the file scores {config.num_classes} classes, not {num_classes}")
     return config, models.build(config.model, **config.model_config()).load_state_dict(state)
+
+
+def cmd_weights_list(args):
+    from .zoo import available
+    shipped = available()
+    if not shipped:
+        print("no weights ship with this installation")
+    for name, about in shipped.items():
+        print(f"{name}: {about['summary']}\n  top-1 {100 * about['top1']:.1f} %, top-5 {100 * about['top5']:.1f} % "
+              f"on {about['evaluated_on']}; {about['epochs']} epochs, {about['minutes']:.0f} min on {about['machine']}\n"
+              f"  made by: {about['command']}\n  start an FCN: {about['use']}")
 
 
 def cmd_weights(args):
@@ -328,13 +348,14 @@ def parser():
     add_train_options(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("pretrain", help="the paper's first step: a classifier on crops, to start an FCN from")
-    p.add_argument("--data", required=True, help="a VOCdevkit/VOC2012-style folder (or SIFT Flow, --dataset)")
+    p = sub.add_parser("pretrain", help="the paper's first step: a classifier, to start an FCN from")
+    p.add_argument("--data", required=True, help="the tiny-imagenet-200 folder, a VOCdevkit/VOC2012-style folder "
+                                                 "or SIFT Flow (see --dataset)")
     for field in dataclasses.fields(PretrainConfig):
         if field.name not in ("data", "scale"):
+            kind = OPTIONAL_TYPES.get(field.name, type(field.default))
             p.add_argument("--" + field.name.replace("_", "-"), default=field.default,
-                           type=OPTIONAL_TYPES.get(field.name, type(field.default)),
-                           help=describe(field, PRETRAIN_HELP))
+                           type=boolean if kind is bool else kind, help=describe(field, PRETRAIN_HELP))
     p.add_argument("--scale", type=float, nargs=2, default=(1.0, 1.0),
                    help="range of the factor images are resized by before cropping (default 1 1)")
     p.add_argument("--threads", type=positive_int, help=THREADS_HELP)
@@ -382,12 +403,14 @@ def parser():
                         "tinted: texture plus a class hue shared by two classes")
     s.add_argument("--force", action="store_true", help="write over a dataset already in --root")
     d = actions.add_parser("download", help="fetch and unpack an official archive (MD5-checked, resumable)")
-    d.add_argument("name", choices=["voc2012"], help="the dataset")
+    d.add_argument("name", choices=sorted(ARCHIVES), help="voc2012 (VOCdevkit) or tiny-imagenet (the official zip)")
     d.add_argument("--root", required=True, help="the folder to download and unpack into")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("weights", help="bring in weights from a PyTorch file")
+    p = sub.add_parser("weights", help="the weights that ship with minifcn; bring in weights from a PyTorch file")
     actions = p.add_subparsers(dest="action", required=True)
+    w = actions.add_parser("list", help="the classifiers that ship with minifcn, with their provenance")
+    w.set_defaults(func=cmd_weights_list)
     w = actions.add_parser("import", help="a .pth (torchvision VGG16, pytorch-fcn FCN) -> a minifcn checkpoint")
     w.add_argument("file", help="a PyTorch .pth, zip or legacy format (read without torch)")
     w.add_argument("--out", required=True, help="the checkpoint .npz to write")

@@ -108,10 +108,14 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+PRETRAIN_DATASETS = ("voc", "siftflow", "tiny-imagenet")
+
+
 @dataclasses.dataclass
 class PretrainConfig:
-    """The classifier stage of the paper's recipe (minifcn.pretrain): a VGGClassifier on crops of the
-    segmentation training images, each labelled with the class covering most of it."""
+    """The classifier stage of the paper's recipe (minifcn.pretrain): a VGGClassifier trained either on
+    crops of the segmentation training images, each labelled with the class covering most of it, or on
+    the photos of a classification set (``dataset="tiny-imagenet"``: ImageNet's photos at 64 x 64)."""
     data: str
     out: str = "runs/pretrain"
     dataset: str = "voc"
@@ -119,24 +123,35 @@ class PretrainConfig:
     num_classes: int = 21
     width: float = 0.125
     fc_width: int = 512
-    crop: int = 96  # a multiple of 32 with an odd quotient: fc6 becomes a (crop/32) x (crop/32) convolution
+    crop: int = 96  # flatten head: 32 times an odd number, fc6 then becomes a (crop/32) x (crop/32) convolution
     scale: tuple = (1.0, 1.0)  # images are resized by a factor drawn from this range before cropping
     crops_per_image: int = 4
     epochs: int = 10
     batch_size: int = 32
-    lr: float = 1e-3  # Adam, with linear warm-up and poly decay
+    lr: float = 1e-3  # with linear warm-up and poly decay
     warmup_steps: int = 100
     weight_decay: float = 5e-4
     train_split: str = "train"
     val_split: str = "val"
     preprocess: str = "imagenet"
     seed: int = 0
+    batchnorm: bool = False  # BatchNorm2d after every convolution (folded away when the FCN is built)
+    head: str = "flatten"  # or "average": fc layers at each pool5 pixel, scores averaged (any input size)
+    dropout: float = 0.5  # of fc6's and fc7's outputs, as in VGG
+    pad: int = 4  # photos: reflect-pad by this much, then crop back at a random offset
+    optimizer: str = "adam"  # or "sgd" (with momentum)
+    momentum: float = 0.9
+    checkpoint_every: int = 500  # steps; the end of every epoch is saved as well
 
     def __post_init__(self):
         self.scale = tuple(self.scale)  # JSON gives a list back
-        for name in ("num_classes", "fc_width", "crops_per_image", "epochs", "batch_size"):
+        for name in ("num_classes", "fc_width", "crops_per_image", "epochs", "batch_size", "checkpoint_every"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("pad", "warmup_steps"):
+            if not _is_int(getattr(self, name)) or not 0 <= getattr(self, name) <= (64 if name == "pad" else 10 ** 9):
+                raise ValueError(f"{name.replace('_', '-')} must be an integer >= 0 (pad at most 64), got "
+                                 f"{getattr(self, name)!r}")
         for name, most in (("crops_per_image", MAX_CROPS_PER_IMAGE), ("batch_size", MAX_BATCH)):
             if getattr(self, name) > most:  # crops are held in memory until a batch is full
                 raise ValueError(f"{name.replace('_', '-')} must be at most {most}, got {getattr(self, name)}")
@@ -146,20 +161,34 @@ class PretrainConfig:
                                               (_is_int(self.image_size) and 1 <= self.image_size <= MAX_SIDE)):
             raise ValueError(f"num-classes must be at most {MAX_CLASSES} and image-size 1 ... {MAX_SIDE}, got "
                              f"{self.num_classes!r}, {self.image_size!r}")
-        if not (_is_int(self.crop) and self.crop % 32 == 0 and (self.crop // 32) % 2 == 1):
+        if self.head not in models.vgg.HEADS or not isinstance(self.batchnorm, bool):
+            raise ValueError(f"head must be one of {models.vgg.HEADS} and batchnorm true or false, got "
+                             f"{self.head!r}, {self.batchnorm!r}")
+        if self.head == "flatten" and not (_is_int(self.crop) and self.crop % 32 == 0 and (self.crop // 32) % 2 == 1):
             raise ValueError(f"crop must be 32 times an odd number (32, 96, 160, 224: fc6's window is then "
-                             f"centred on a pool5 pixel), got {self.crop!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+                             f"centred on a pool5 pixel), got {self.crop!r}; or use --head average")
+        if not (_is_int(self.crop) and self.crop % 32 == 0 and self.crop >= 32):
+            raise ValueError(f"crop must be a multiple of 32 (five 2x2 pools), got {self.crop!r}")
+        for name in ("lr", "momentum", "weight_decay", "dropout"):
+            if not (isinstance(getattr(self, name), (int, float)) and math.isfinite(getattr(self, name))):
+                raise ValueError(f"{name.replace('_', '-')} must be a finite number, got {getattr(self, name)!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not (self.lr > 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0):
+            raise ValueError(f"lr must be > 0, momentum in [0, 1) and weight-decay >= 0, got {self.lr}, "
+                             f"{self.momentum}, {self.weight_decay}")
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] < math.inf:
             raise ValueError(f"scale must be a pair 0 < low <= high, got {self.scale!r}")
-        if self.dataset not in ("voc", "siftflow") or self.preprocess not in PREPROCESS:
-            raise ValueError(f"dataset must be voc or siftflow and preprocess one of {PREPROCESS}, got "
-                             f"{self.dataset!r}, {self.preprocess!r}")
+        if self.dataset not in PRETRAIN_DATASETS or self.preprocess not in PREPROCESS or \
+                self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"dataset must be one of {', '.join(PRETRAIN_DATASETS)}, preprocess one of "
+                             f"{PREPROCESS} and optimizer adam or sgd, got {self.dataset!r}, {self.preprocess!r}, "
+                             f"{self.optimizer!r}")
         if self.crop > MAX_SIDE:
             raise ValueError(f"crop must be at most {MAX_SIDE} pixels, got {self.crop}")
-        check_size(models.shapes.classifier_shapes(self.num_classes, self.width, self.fc_width, self.crop))
+        check_size(models.shapes.classifier_shapes(self.num_classes, self.width, self.fc_width, self.crop,
+                                                   self.head, self.batchnorm))
 
     @property
     def fc6_kernel(self):
-        return self.crop // 32
+        return self.crop // 32 if self.head == "flatten" else 1

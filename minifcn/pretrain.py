@@ -2,18 +2,22 @@
 
 FCNs work because a net that already recognises things is convolutionalized and then fine-tuned to
 label every pixel. The paper starts from VGG16 trained on ImageNet; here the classifier is minifcn's
-narrow VGG16 (``VGGClassifier``), trained on classification crops cut from the segmentation training
-images themselves:
+narrow VGG16 (``VGGClassifier``), trained on one of two sources:
 
-- each crop is centred on a pixel of a class drawn uniformly from the classes in the image, so that
-  rare classes are seen as often as common ones (images are first resized by a random factor drawn
-  from ``scale``; parts of a crop that fall outside the image are void);
-- its label is the class that covers most of its labelled pixels.
+- **photos of a classification set** (``dataset="tiny-imagenet"``: ImageNet's own photos at 64 x 64,
+  200 classes), with random flips and pad-and-crop shifts. This is the paper's recipe: the features
+  come from many photos the segmentation data never shows.
+- **crops of the segmentation training images** themselves (``voc``, ``siftflow``): each crop is
+  centred on a pixel of a class drawn uniformly from the classes in the image, so that rare classes are
+  seen as often as common ones (images are first resized by a random factor drawn from ``scale``; parts
+  of a crop that fall outside the image are void); its label is the class that covers most of its
+  labelled pixels.
 
-Its fully connected fc6 sees the whole (crop/32) x (crop/32) pool5 map, so ``convolutionalize`` turns
-it into a convolution of that size: the FCN that starts from it is built with ``fc6_kernel = crop/32``
-(``minifcn train --init OUT/classifier.npz --fc6-kernel K``; ``checkpoint.initialize`` does the
-conversion). The checkpoint is written after every epoch and a run resumes from it.
+With the "flatten" head fc6 sees the whole (crop/32) x (crop/32) pool5 map, so ``convolutionalize``
+turns it into a convolution of that size; with the "average" head it is 1 x 1. The FCN that starts
+from it is built with that ``fc6_kernel`` (``minifcn train --init OUT/classifier.npz --fc6-kernel K``;
+``checkpoint.initialize`` does the conversion). A checkpoint is written every ``checkpoint_every``
+steps and after every epoch, and a run resumes from it exactly.
 """
 
 import contextlib
@@ -30,10 +34,11 @@ from . import functional as F
 from .autograd import Tensor, no_grad
 from .checkpoint import load_classifier, read_checkpoint, save_checkpoint
 from .config import PretrainConfig  # noqa: F401  (the settings of this stage live with the others)
-from .data import SIFTFlow, VOCSegmentation, normalize
+from .data import SIFTFlow, TinyImageNet, VOCSegmentation, normalize
+from .data.transforms import MEAN, STD
 from .data.voc import IGNORE
 from .models.vgg import VGGClassifier
-from .optim import Adam
+from .optim import SGD, Adam
 
 
 VALIDATION = 10 ** 9  # the seed key of the validation crops (epochs use 0, 1, ...)
@@ -42,6 +47,8 @@ VALIDATION = 10 ** 9  # the seed key of the validation crops (epochs use 0, 1, .
 def open_split(config, split):
     if config.dataset == "siftflow":
         return SIFTFlow(config.data, split, config.image_size)
+    if config.dataset == "tiny-imagenet":
+        return TinyImageNet(config.data, split)
     return VOCSegmentation(config.data, split)
 
 
@@ -81,33 +88,118 @@ def batches_of_crops(dataset, config, order, seed_key):
         yield np.stack([c for c, _ in pending]), np.array([k for _, k in pending])
 
 
-def accuracy(classifier, dataset, config, world=None):
-    """Top-1 accuracy on the validation images' crops (the same crops every time); under MPI the ranks take
-    turns by batch and add up their counts."""
+class Crops:
+    """Batches of class-labelled crops cut from a segmentation split (see the module docstring)."""
+
+    def __init__(self, config, split, progress=False):
+        self.config, self.dataset = config, open_split(config, split)
+        named = list(getattr(self.dataset, "classes", []))  # crops are named by the label maps' values
+        self.classes = named if len(named) == config.num_classes else [str(k) for k in range(config.num_classes)]
+        self.steps = -(-len(self.dataset) * config.crops_per_image // config.batch_size)  # an upper bound
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def epoch(self, epoch):
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.dataset))
+        return batches_of_crops(self.dataset, self.config, order, (self.config.seed, epoch))
+
+    def validation(self):
+        return batches_of_crops(self.dataset, self.config, range(len(self.dataset)), (self.config.seed, VALIDATION))
+
+
+def normalize_batch(images):
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W), as ``normalize`` does one image ("imagenet")."""
+    return ((images.astype(np.float32) / 255 - MEAN) / STD).transpose(0, 3, 1, 2).copy()
+
+
+def read_photos(dataset, side, progress):
+    """Every photo of ``dataset`` as one uint8 array (N, side, side, 3) and its labels: Tiny ImageNet's
+    100,000 photos are 1.2 GB, read once (about 20 s) instead of decoding each JPEG every epoch."""
+    images, labels = np.empty((len(dataset), side, side, 3), np.uint8), np.empty(len(dataset), np.int64)
+    for i in tqdm(range(len(dataset)), desc=f"reading {dataset.split} photos", disable=not progress, leave=False):
+        image, labels[i] = dataset[i]
+        if image.shape[:2] != (side, side):  # the official photos are all 64 x 64; others are resized
+            image = np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR))
+        images[i] = image
+    return images, labels
+
+
+class Photos:
+    """Batches of a classification set's photos (Tiny ImageNet) at ``crop`` x ``crop``: each photo of a
+    training batch is flipped with probability 1/2 and shifted by reflect-padding ``pad`` pixels and
+    cropping back at a random offset, drawn from (seed, epoch, batch) so that a resumed run sees the same."""
+
+    def __init__(self, config, split, progress=False):
+        if config.preprocess != "imagenet":
+            raise ValueError(f"photos are normalised with the ImageNet statistics; got preprocess "
+                             f"{config.preprocess!r}")
+        self.config, self.dataset = config, open_split(config, split)
+        self.classes, self.names = self.dataset.classes, self.dataset.names
+        if len(self.classes) != config.num_classes:
+            raise ValueError(f"{self.dataset.root}/wnids.txt lists {len(self.classes)} classes; pass "
+                             f"--num-classes {len(self.classes)} (now {config.num_classes})")
+        self.images, self.labels = read_photos(self.dataset, config.crop, progress) if len(self.dataset) else \
+            (np.empty((0, config.crop, config.crop, 3), np.uint8), np.empty(0, np.int64))
+        self.steps = -(-len(self.dataset) // config.batch_size)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def epoch(self, epoch):
+        c = self.config
+        order = np.random.default_rng([c.seed, epoch]).permutation(len(self.images))
+        for k in range(self.steps):
+            rows = order[k * c.batch_size: (k + 1) * c.batch_size]
+            rng = np.random.default_rng([c.seed, epoch, k])
+            flips, (dy, dx) = rng.random(len(rows)) < 0.5, rng.integers(0, 2 * c.pad + 1, (2, len(rows)))
+            padded = np.pad(self.images[rows], ((0, 0), (c.pad, c.pad), (c.pad, c.pad), (0, 0)), mode="reflect")
+            batch = np.stack([p[y: y + c.crop, x: x + c.crop][:, ::-1 if f else 1]
+                              for p, y, x, f in zip(padded, dy, dx, flips)])
+            yield normalize_batch(batch), self.labels[rows]
+
+    def validation(self, batch_size=250):
+        for k in range(0, len(self.images), batch_size):
+            yield normalize_batch(self.images[k: k + batch_size]), self.labels[k: k + batch_size]
+
+
+def source(config, split, progress=False):
+    return (Photos if config.dataset == "tiny-imagenet" else Crops)(config, split, progress)
+
+
+def accuracy(classifier, batches, world=None):
+    """(top-1, top-5) accuracy over ``batches`` of (x, labels) in eval mode; under MPI the ranks take turns
+    by batch and add up their counts."""
     world = world or distributed.World()
     classifier.eval()
-    counts = np.zeros(2, np.int64)  # right, total
+    counts = np.zeros(3, np.int64)  # top-1 right, top-5 right, total
     with no_grad():
-        for k, (x, y) in enumerate(batches_of_crops(dataset, config, range(len(dataset)), (config.seed, VALIDATION))):
+        for k, (x, y) in enumerate(batches):
             if world.mine(k):
-                counts += int((classifier(Tensor(x)).numpy().argmax(axis=1) == y).sum()), len(y)
+                scores = classifier(Tensor(x)).numpy()
+                top5 = np.argsort(-scores, axis=1)[:, :5]
+                counts += int((top5[:, 0] == y).sum()), int((top5 == y[:, None]).any(axis=1).sum()), len(y)
     classifier.train()
-    right, total = world.sum(counts)
-    return int(right) / max(int(total), 1)
+    top1, top5, total = (int(c) for c in world.sum(counts))
+    return top1 / max(total, 1), top5 / max(total, 1)
 
 
 def pretrain(config, resume=True, progress=True, log=print, world=None):
-    """Train the classifier; returns (classifier, log of epochs). Writes OUT/classifier.npz every epoch.
+    """Train the classifier; returns (classifier, log of epochs). Writes OUT/classifier.npz every
+    ``checkpoint_every`` steps and every epoch, one line per epoch to OUT/metrics.jsonl and OUT/curves.png.
 
-    Under ``mpiexec -n N`` the ranks share each batch of crops as ``train`` does (minifcn.distributed)."""
+    Under ``mpiexec -n N`` the ranks share each batch as ``train`` does (minifcn.distributed). With
+    batch normalisation each rank normalises by its own rows' statistics (as PyTorch's DDP does without
+    SyncBatchNorm), so N ranks train a slightly different net than one process."""
     world = world or distributed.world()
     path = os.path.join(config.out, "classifier.npz")
-    train_set, val_set = open_split(config, config.train_split), open_split(config, config.val_split)
+    if config.batch_size < world.size:
+        raise ValueError(f"batch-size {config.batch_size} is less than the {world.size} ranks")
+    train_set = source(config, config.train_split, progress and world.rank == 0)
+    val_set = source(config, config.val_split, progress and world.rank == 0)
     for name, split in (("training", train_set), ("validation", val_set)):
         if len(split) == 0:
             raise ValueError(f"the {name} split of {config.data} is empty")
-    if config.batch_size < world.size:
-        raise ValueError(f"batch-size {config.batch_size} is less than the {world.size} ranks")
     root = world.rank == 0
     if root:
         os.makedirs(config.out, exist_ok=True)
@@ -116,75 +208,123 @@ def pretrain(config, resume=True, progress=True, log=print, world=None):
                          log if root else (lambda *_: None), world)
 
 
+def make_optimizer(config, classifier):
+    """Weight decay on the weights, not on biases or batch-norm scales and shifts."""
+    decayed = [p for n, p in classifier.named_parameters() if n.endswith("weight") and not n.startswith("bn")]
+    rest = [p for n, p in classifier.named_parameters() if not (n.endswith("weight") and not n.startswith("bn"))]
+    groups = [{"params": decayed, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return Adam(groups, config.lr) if config.optimizer == "adam" else SGD(groups, config.lr, config.momentum)
+
+
 def _pretrain(config, path, train_set, val_set, resume, progress, log, world):
     """The body of ``pretrain``, run while --out is locked (by rank 0)."""
+    log_path = os.path.join(config.out, "metrics.jsonl")
     if world.rank == 0:
         atomic.remove_leftovers(path, log)
     world.barrier()
     distributed.use_device_of(world.rank)
-    classifier = VGGClassifier(config.num_classes, config.width, config.fc_width, config.crop, config.seed)
+    classifier = VGGClassifier(config.num_classes, config.width, config.fc_width, config.crop, config.seed,
+                               config.batchnorm, config.head, config.dropout)
     classifier.fc8.weight.data[...] = 0  # start from no opinion (loss log K), as the FCN's scorers do
-    epochs, history = 0, []
+    step, history, partial = 0, [], []
     if resume and os.path.exists(path):
         stored, state = read_checkpoint(path, config_class=None)
         if stored != config:
             raise ValueError(f"{path} was pre-trained with other settings; choose another --out")
         classifier = load_classifier(stored, state)
-    optimizer = Adam([{"params": [p for n, p in classifier.named_parameters() if not n.endswith("bias")],
-                       "weight_decay": config.weight_decay},
-                      {"params": [p for n, p in classifier.named_parameters() if n.endswith("bias")],
-                       "weight_decay": 0.0}], config.lr)
+    optimizer = make_optimizer(config, classifier)
     if resume and os.path.exists(path):
         optimizer.load_state_dict(state["optim"])
-        epochs, history = state["meta"]["epoch"], state["meta"]["history"]
-        log(f"resumed from {path} after epoch {epochs}")
+        meta = state["meta"]
+        history = meta["history"]
+        step = meta.get("step", meta["epoch"] * train_set.steps)  # files from before mid-epoch saves
+        partial = list(meta.get("partial_losses", []))
+        log(f"resumed from {path} after epoch {meta['epoch']}" + (f", step {step}" if partial else ""))
     dropouts = [m for _, m in classifier.named_modules() if isinstance(m, nn.Dropout)]
-    per_epoch = -(-len(train_set) * config.crops_per_image // config.batch_size)
-    total = per_epoch * config.epochs
-    bar = tqdm(total=total, initial=epochs * per_epoch, desc="pretrain classifier", disable=not progress)
-    started = time.time()
-    for epoch in range(epochs, config.epochs):
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(train_set))
-        losses = []
-        for k, (x, y) in enumerate(batches_of_crops(train_set, config, order, (config.seed, epoch))):
-            step = epoch * per_epoch + k
+    per_epoch, total = train_set.steps, train_set.steps * config.epochs
+    bar = tqdm(total=total, initial=step, desc="pretrain classifier", unit="step", disable=not progress)
+    started, images = time.time(), 0
+
+    def save(epoch, losses):
+        if world.rank == 0:
+            save_checkpoint(path, config, classifier, optimizer,
+                            {"kind": "classifier", "epoch": epoch, "step": step, "history": history,
+                             "partial_losses": losses, "classes": [str(c) for c in train_set.classes],
+                             "names": [str(c) for c in getattr(train_set, "names", train_set.classes)]})
+
+    for epoch in range(step // per_epoch, config.epochs):
+        losses, skip = (partial, step - epoch * per_epoch) if epoch == step // per_epoch else ([], 0)
+        for k, (x, y) in enumerate(train_set.epoch(epoch)):
+            if k < skip:
+                continue  # done before the run was resumed
             for j, m in enumerate(dropouts):  # masks drawn from (seed, step, layer): a resumed run draws the same
                 m.generator = np.random.default_rng([config.seed, step, j])
             warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
             for group in optimizer.param_groups:
-                group["lr"] = warm * config.lr * (1 - step / total) ** 0.9
+                group["lr"] = warm * config.lr * max(0.0, 1 - step / total) ** 0.9
             optimizer.zero_grad()
-            if world.size == 1:
-                loss = F.softmax_cross_entropy(classifier(Tensor(x)), y)
-                loss.backward()
-                losses.append(loss.item())
-            else:  # every rank cut the same crops; each computes its rows, divided by the whole batch
-                rows = world.rows(len(y))
-                for m in dropouts:
-                    m.shard = (rows.start, len(y))
-                part = 0.0
-                if rows.stop > rows.start:  # a short last batch may leave a rank without rows
-                    loss = F.softmax_cross_entropy(classifier(Tensor(x[rows])), y[rows], denominator=len(y))
-                    loss.backward()
-                    part = loss.item()
-                losses.append(float(distributed.sum_gradients(world, classifier.parameters(), [part])[0]))
+            losses.append(train_step(classifier, dropouts, x, y, world))
+            if not np.isfinite(losses[-1]):
+                raise ValueError(f"pre-training diverged at step {step + 1}; try a lower --lr (now {config.lr})")
             optimizer.step()
+            step, images = step + 1, images + len(y)
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        if not np.isfinite(losses).all():
-            raise ValueError(f"pre-training diverged in epoch {epoch + 1}; try a lower --lr (now {config.lr})")
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", img_s=f"{images / (time.time() - started):.0f}")
+            if step % config.checkpoint_every == 0 and k + 1 < per_epoch:
+                save(epoch, losses)
         world.check_same(distributed.checksum(classifier.parameters()), f"the weights after epoch {epoch + 1}")
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)),
-                        "val_accuracy": accuracy(classifier, val_set, config, world),
-                        "seconds": time.time() - started + (history[-1]["seconds"] if history else 0)})
-        started = time.time()
+        top1, top5 = accuracy(classifier, val_set.validation(), world)
+        step = (epoch + 1) * per_epoch  # a crop epoch may end a batch early: the count is per_epoch's
+        history.append({"epoch": epoch + 1, "step": step, "loss": float(np.mean(losses)), "val_accuracy": top1,
+                        "val_top5": top5, "seconds": time.time() - started + (history[-1]["seconds"] if history else 0)})
+        started, images = time.time(), 0
+        save(epoch + 1, [])
         if world.rank == 0:
-            save_checkpoint(path, config, classifier, optimizer, {"kind": "classifier", "epoch": epoch + 1,
-                                                                  "history": history})
+            atomic.write_bytes(log_path, "".join(json.dumps(h) + "\n" for h in history).encode())
+            classifier_curves(history, os.path.join(config.out, "curves.png"))
         if not progress:
-            log(f"epoch {epoch + 1}/{config.epochs}: loss {history[-1]['loss']:.3f}, crop accuracy "
-                f"{100 * history[-1]['val_accuracy']:.1f} %")
+            log(f"epoch {epoch + 1}/{config.epochs}: loss {history[-1]['loss']:.3f}, top-1 {100 * top1:.1f} %, "
+                f"top-5 {100 * top5:.1f} %")
     bar.close()
     if world.rank == 0:
         atomic.write_bytes(os.path.join(config.out, "pretrain.json"), json.dumps(history, indent=1).encode())
     return classifier, history
+
+
+def train_step(classifier, dropouts, x, y, world):
+    """Forward and backward of one batch; returns its loss (the whole batch's, under MPI)."""
+    if world.size == 1:
+        loss = F.softmax_cross_entropy(classifier(Tensor(x)), y)
+        loss.backward()
+        return loss.item()
+    rows = world.rows(len(y))  # every rank made the same batch; each computes its rows, divided by the whole
+    for m in dropouts:
+        m.shard = (rows.start, len(y))
+    part = 0.0
+    if rows.stop > rows.start:  # a short last batch may leave a rank without rows
+        loss = F.softmax_cross_entropy(classifier(Tensor(x[rows])), y[rows], denominator=len(y))
+        loss.backward()
+        part = loss.item()
+    return float(distributed.sum_gradients(world, classifier.parameters(), [part])[0])
+
+
+def classifier_curves(history, path):
+    """Training loss and validation top-1 / top-5 per epoch, side by side."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    left.plot(epochs, [h["loss"] for h in history], "o-", color="tab:red")
+    left.set(xlabel="epoch", ylabel="mean training loss", title="training loss")
+    right.plot(epochs, [100 * h["val_accuracy"] for h in history], "o-", label="top-1")
+    right.plot(epochs, [100 * h.get("val_top5", np.nan) for h in history], "s--", label="top-5")
+    right.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy", ylim=(0, 100))
+    right.legend()
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    atomic.write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100))
+    plt.close(fig)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from . import atomic, distributed, models, nn, runlock
 from . import functional as F
-from .checkpoint import (CheckpointError, initialize, load_checkpoint, read_checkpoint,  # noqa: F401 (re-exported)
+from .checkpoint import (CheckpointError, init_path, initialize, load_checkpoint, read_checkpoint,  # noqa: F401 (re-exported)
                          save_checkpoint)
 from .config import TrainConfig  # noqa: F401 (re-exported: minifcn.train.TrainConfig)
 from .autograd import Tensor, no_grad
@@ -196,6 +196,8 @@ def train(config, resume=False, max_steps=None, progress=True, log=print, overwr
     world = world or distributed.world()
     if resume and overwrite:
         raise ValueError("--resume continues the run in --out and --overwrite starts it again: give one of them")
+    if config.init:
+        init_path(config.init)  # a mistyped --init is said before the data is read
     train_set = open_dataset(config, config.train_split, config.train_subset)
     val_set = open_dataset(config, config.val_split, config.val_subset)
     verify(train_set, "training")

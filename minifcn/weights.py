@@ -405,3 +405,10 @@ def kind_of(state):
         return "fcn"
     raise ValueError(f"unrecognised state dict (first names: {sorted(state)[:4]}); expected torchvision's VGG16 "
                      f"(features.0.weight, classifier.0.weight) or an FCN (conv1_1.weight, score_fr.weight)")
+
+
+def pretrained(name):
+    """A classifier that ships with minifcn, in eval mode (``minifcn weights list`` names them):
+    ``pretrained("vgg16-tinyimagenet")`` is the narrow VGG16 trained on Tiny ImageNet. See ``minifcn.zoo``."""
+    from .zoo import pretrained as shipped
+    return shipped(name)

@@ -2,7 +2,7 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-from helpers import data, dataset  # noqa: F401 (fixtures shared by the test files)
+from helpers import data, dataset, tiny  # noqa: F401 (fixtures shared by the test files)
 
 # "ci": derandomized, so CI never flakes; "thorough": run by hand before closing work on the engine.
 settings.register_profile("ci", derandomize=True, max_examples=100, deadline=None,

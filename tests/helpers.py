@@ -1,8 +1,11 @@
-"""What several test files share: the command line run in-process, and a small dataset."""
+"""What several test files share: the command line run in-process, a small dataset, and Tiny ImageNet's
+layout in miniature."""
 
 import shutil
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from minifcn.cli import main
 from minifcn.data import synthesize
@@ -27,3 +30,32 @@ def dataset(tmp_path_factory):
 def data(dataset, tmp_path):
     """A private copy, so a test may break it."""
     return shutil.copytree(dataset, tmp_path / "data")
+
+
+WNIDS = ["n09999999", "n01443537", "n02124075"]  # deliberately not sorted: the file's order is the output order
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Tiny ImageNet's official layout in miniature: three classes, two photos each (one grey), three
+    validation photos."""
+    root = tmp_path / "tiny-imagenet-200"
+    rng = np.random.default_rng(0)
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "wnids.txt").write_text("\ufeff" + "\n".join(WNIDS) + "\n")
+    (root / "words.txt").write_text("n01443537\tgoldfish, Carassius auratus\nn02124075\tEgyptian cat\n"
+                                    "n00000001\tsomething else\n")
+    for k, wnid in enumerate(WNIDS):
+        folder = root / "train" / wnid / "images"
+        folder.mkdir(parents=True)
+        for j in range(2):
+            mode = "L" if (k, j) == (1, 0) else "RGB"  # one grey photo, as the real set has
+            shape = (64, 64) if mode == "L" else (64, 64, 3)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(folder / f"{wnid}_{j}.JPEG")
+        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
+    lines = []
+    for i, wnid in enumerate([WNIDS[2], WNIDS[0], WNIDS[1]]):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "val" / "images" / f"val_{i}.JPEG")
+        lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t63\t63")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return root

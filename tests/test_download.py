@@ -143,3 +143,38 @@ def test_members_escaping_the_root_are_refused(tmp_path, name, link):
     with pytest.raises(ValueError, match="outside"):
         safe_extract(str(archive), str(tmp_path / "root"))
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_tiny_imagenet_comes_as_its_official_zip_and_is_read_in_its_layout(tmp_path, server, tiny):
+    """The zip route: the fixture's tiny-imagenet-200 folder zipped, served, cut off halfway, resumed."""
+    import shutil
+    import zipfile
+    from minifcn.data import TinyImageNet
+    www, url = server
+    archive = www / "drop-tiny-imagenet-200.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted(tiny.rglob("*")):
+            z.write(path, path.relative_to(tiny.parent).as_posix())
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    root = tmp_path / "data"
+    with pytest.raises(ConnectionError, match="run the same command again to resume"):
+        download("tiny-imagenet", str(root), url=f"{url}/{archive.name}", md5=md5, progress=False)
+    shutil.copyfile(archive, www / "tiny-imagenet-200.zip")
+    os.replace(root / f"{archive.name}.part", root / "tiny-imagenet-200.zip.part")
+    folder = download("tiny-imagenet", str(root), url=f"{url}/tiny-imagenet-200.zip", md5=md5, progress=False)
+    assert folder == str(root / "tiny-imagenet-200")
+    assert TinyImageNet(folder).classes == TinyImageNet(tiny).classes and len(TinyImageNet(folder, "val")) == 3
+
+
+@pytest.mark.parametrize("name,mode", [("../escape.txt", 0o100644), ("/abs/escape.txt", 0o100644),
+                                       ("ok/link", 0o120777)])
+def test_zip_members_escaping_the_root_or_linking_are_refused(tmp_path, name, mode):
+    import zipfile
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        info = zipfile.ZipInfo(name)
+        info.external_attr = mode << 16
+        z.writestr(info, b"../../x" if mode == 0o120777 else b"hi")
+    with pytest.raises(ValueError, match="outside|not a file or folder"):
+        safe_extract(str(archive), str(tmp_path / "root"))
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "root" / "ok").exists()

@@ -3,36 +3,10 @@ order, grey photos as RGB, and every missing or broken file named."""
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from minifcn.data import TinyImageNet
 
-WNIDS = ["n09999999", "n01443537", "n02124075"]  # deliberately not sorted: the file's order is the output order
-
-
-@pytest.fixture
-def tiny(tmp_path):
-    root = tmp_path / "tiny-imagenet-200"
-    rng = np.random.default_rng(0)
-    (root / "val" / "images").mkdir(parents=True)
-    (root / "wnids.txt").write_text("\ufeff" + "\n".join(WNIDS) + "\n")
-    (root / "words.txt").write_text("n01443537\tgoldfish, Carassius auratus\nn02124075\tEgyptian cat\n"
-                                    "n00000001\tsomething else\n")
-    for k, wnid in enumerate(WNIDS):
-        folder = root / "train" / wnid / "images"
-        folder.mkdir(parents=True)
-        for j in range(2):
-            mode = "L" if (k, j) == (1, 0) else "RGB"  # one grey photo, as the real set has
-            shape = (64, 64) if mode == "L" else (64, 64, 3)
-            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(folder / f"{wnid}_{j}.JPEG")
-        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
-    lines = []
-    for i, wnid in enumerate([WNIDS[2], WNIDS[0], WNIDS[1]]):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "val" / "images" / f"val_{i}.JPEG")
-        lines.append(f"val_{i}.JPEG\t{wnid}\t0\t0\t63\t63")
-    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
-    return root
-
+from helpers import WNIDS
 
 def test_classes_come_from_wnids_in_its_order_and_labels_follow_them(tiny):
     train = TinyImageNet(tiny.parent, "train")  # the folder holding tiny-imagenet-200 works too

@@ -128,7 +128,7 @@ class FCN(Backbone):
             if own[name].shape != value.shape:
                 raise ValueError(f"the classifier's {name} is {value.shape}, this FCN's is {own[name].shape} (a "
                                  f"classifier on {classifier.input_size}-px crops needs fc6_kernel="
-                                 f"{classifier.pool5_size} and the same widths)")
+                                 f"{classifier.fc6_kernel} and the same widths)")
         self.load_state_dict(state, strict=False)
         return self
 

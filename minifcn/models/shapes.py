@@ -34,12 +34,17 @@ def model_shapes(model, num_classes, width, fc_width, fc6_kernel=7, **_unused):
             "fc7.weight": (fc_width, fc_width, 1, 1), "score_fr.weight": (num_classes, fc_width, 1, 1)}
 
 
-def classifier_shapes(num_classes, width, fc_width, crop):
-    """Weight shapes of a VGGClassifier on ``crop``-px inputs (fc6 reads the flattened pool5 map)."""
+def classifier_shapes(num_classes, width, fc_width, crop, head="flatten", batchnorm=False):
+    """Weight shapes of a VGGClassifier on ``crop``-px inputs: fc6 reads the flattened pool5 map
+    ("flatten" head) or one pool5 pixel ("average"); with ``batchnorm``, each bn's scale as well."""
     pool5 = crop
     for _ in range(5):
         pool5 = -(-pool5 // 2)
-    return {**body_shapes(width), "fc6.weight": (fc_width, scaled(512, width) * pool5 ** 2),
+    window = pool5 if head == "flatten" else 1
+    body = body_shapes(width)
+    norms = {f"bn{name[4:-7]}.weight": shape[:1] for name, shape in body.items()
+             if name.endswith(".weight")} if batchnorm else {}
+    return {**body, **norms, "fc6.weight": (fc_width, scaled(512, width) * window ** 2),
             "fc7.weight": (fc_width, fc_width), "fc8.weight": (num_classes, fc_width)}
 
 

@@ -217,19 +217,14 @@ class BatchNorm(Function):
     """y = gamma (x - mean) / sqrt(var + eps) + beta, per channel, over the batch and the pixels.
 
     In training the mean and (biased) variance are the batch's own, so every output depends on every
-    input of its channel: with x^ the normalised input and M = N H W values per channel,
-
-        dx = gamma / sqrt(var + eps) * (dy - mean(dy) - x^ mean(dy x^)),
-
-    the two subtracted means being the paths through the batch mean and variance. In evaluation the
-    running statistics are constants, and the layer is a per-channel affine map.
+    input of its channel (the gradient is in ``kernels.reference.batch_norm_backward``). In evaluation
+    the running statistics are constants, and the layer is a per-channel affine map.
     """
 
     def forward(self, x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
-        xp = array_module(x)
-        axes = (0, 2, 3)
+        xp, ops = array_module(x), backend.ops()
         if training:
-            mean, var = x.mean(axis=axes), x.var(axis=axes)
+            mean, var = ops.batch_norm_stats(x)
             m = x.size // x.shape[1]
             running_mean *= 1 - momentum
             running_mean += momentum * mean
@@ -238,20 +233,12 @@ class BatchNorm(Function):
         else:
             mean, var = running_mean, running_var
         self.invstd = (1 / xp.sqrt(var + eps)).astype(x.dtype)
-        self.xhat = (x - mean.reshape(1, -1, 1, 1)) * self.invstd.reshape(1, -1, 1, 1)
+        y, self.xhat = ops.batch_norm_forward(x, xp.asarray(mean, x.dtype), self.invstd, gamma, beta)
         self.gamma, self.training = gamma, training
-        return self.xhat * gamma.reshape(1, -1, 1, 1) + beta.reshape(1, -1, 1, 1)
+        return y
 
     def backward(self, g):
-        axes, shape = (0, 2, 3), (1, -1, 1, 1)
-        dgamma, dbeta = (g * self.xhat).sum(axis=axes), g.sum(axis=axes)
-        scale = (self.gamma * self.invstd).reshape(shape)
-        if self.training:
-            dx = scale * (g - g.mean(axis=axes, keepdims=True)
-                          - self.xhat * (g * self.xhat).mean(axis=axes, keepdims=True))
-        else:
-            dx = scale * g
-        return dx.astype(g.dtype), dgamma, dbeta
+        return backend.ops().batch_norm_backward(g, self.xhat, self.gamma, self.invstd, self.training)
 
 
 def batch_norm(x, weight, bias, running_mean, running_var, training=True, momentum=0.1, eps=1e-5):

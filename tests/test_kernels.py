@@ -245,3 +245,30 @@ def test_softmax_cross_entropy_matches_reference(module, to_device, dtype, N, K,
     close(np.float64(denom), ref_denom, dtype)
     close(kernels.softmax_xent_backward(to_device(z), to_device(t), to_device(w), 255, scale),
           reference.softmax_xent_backward(z, t, w, 255, scale), dtype)
+
+
+@pytest.mark.parametrize("module, to_device", KERNELS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+@given(shape=st.tuples(st.integers(1, 4), st.integers(1, 6), st.integers(1, 7), st.integers(1, 7)),
+       seed=st.integers(0, 2 ** 16), offset=st.sampled_from([0.0, 5.0, -300.0]))
+def test_batch_norm_ops_match_reference(module, to_device, dtype, training, shape, seed, offset):
+    """Statistics, forward and backward against the reference, on shapes down to one value per channel
+    and on channels far from zero (where summing squares before subtracting the mean would cancel)."""
+    kernels = module()
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * rng.uniform(0.1, 3) + offset).astype(dtype)
+    gamma, beta, g = (rng.standard_normal(s).astype(dtype) for s in (shape[1], shape[1], shape))
+    mean, var = reference.batch_norm_stats(x.astype(np.float64))
+    got_mean, got_var = kernels.batch_norm_stats(to_device(x))
+    close(got_mean, mean.astype(dtype), dtype)
+    close(got_var, var.astype(dtype), dtype)
+    mean, invstd = mean.astype(dtype), (1 / np.sqrt(var + 1e-5)).astype(dtype)
+    y, xhat = reference.batch_norm_forward(x, mean, invstd, gamma, beta)
+    for a, b in zip(kernels.batch_norm_forward(*map(to_device, (x, mean, invstd, gamma, beta))), (y, xhat)):
+        close(a, b, dtype)
+    want = reference.batch_norm_backward(g, xhat, gamma, invstd, training)
+    got = kernels.batch_norm_backward(*map(to_device, (g, xhat, gamma, invstd)), training)
+    for a, b in zip(got, want):
+        assert _host(a).dtype == dtype
+        close(a, b, dtype)

@@ -22,6 +22,8 @@ The ops (all arrays, no Tensors; stride, padding and dilation are ints or pairs)
     max_pool(x, kernel, stride, padding, out_hw) -> (y, argmax)   argmax: uint8 offset i*kw + j
     max_pool_backward(g, argmax, x_shape, kernel, stride, padding) -> dx
     relu(x) -> y;  relu_backward(g, y) -> g * (y > 0)
+    batch_norm_stats(x) -> (mean, var) per channel;  batch_norm_forward(x, mean, invstd, gamma, beta) -> (y, xhat)
+    batch_norm_backward(g, xhat, gamma, invstd, training) -> (dx, dgamma, dbeta)
     softmax_xent(z, t, weight, ignore_index) -> (sum of weighted losses, sum of weights)
     softmax_xent_backward(z, t, weight, ignore_index, scale) -> scale * w[t] (softmax(z) - onehot(t))
 
@@ -32,4 +34,5 @@ A backend decides inside its own conv ops how to compute them.
 """
 
 OPS = ("conv2d", "conv2d_input_grad", "conv2d_weight_grad", "unfolds", "im2col", "col2im", "max_pool",
-       "max_pool_backward", "relu", "relu_backward", "softmax_xent", "softmax_xent_backward")
+       "max_pool_backward", "relu", "relu_backward", "softmax_xent", "softmax_xent_backward", "batch_norm_stats",
+       "batch_norm_forward", "batch_norm_backward")

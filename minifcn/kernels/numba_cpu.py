@@ -312,6 +312,92 @@ def max_pool_backward(g, argmax, x_shape, kernel, stride, padding):
 
 
 @njit(parallel=True, cache=True)
+def _bn_stats(x, mean, var):
+    """Two passes per channel, summed in float64: the mean, then the squared deviations from it."""
+    N, C, H, W = x.shape
+    m = N * H * W
+    for c in prange(C):
+        total = 0.0
+        for n in range(N):
+            for i in range(H):
+                for j in range(W):
+                    total += x[n, c, i, j]
+        mu = total / m
+        spread = 0.0
+        for n in range(N):
+            for i in range(H):
+                for j in range(W):
+                    d = x[n, c, i, j] - mu
+                    spread += d * d
+        mean[c], var[c] = mu, spread / m
+
+
+@njit(parallel=True, cache=True)
+def _bn_forward(x, mean, invstd, gamma, beta, y, xhat):
+    N, C, H, W = x.shape
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        mu, s, a, b = mean[c], invstd[c], gamma[c], beta[c]
+        for i in range(H):
+            for j in range(W):
+                v = (x[n, c, i, j] - mu) * s
+                xhat[n, c, i, j] = v
+                y[n, c, i, j] = v * a + b
+
+
+@njit(parallel=True, cache=True)
+def _bn_sums(g, xhat, dgamma, dbeta):
+    N, C, H, W = g.shape
+    for c in prange(C):
+        sg, sgx = 0.0, 0.0
+        for n in range(N):
+            for i in range(H):
+                for j in range(W):
+                    sg += g[n, c, i, j]
+                    sgx += g[n, c, i, j] * xhat[n, c, i, j]
+        dgamma[c], dbeta[c] = sgx, sg
+
+
+@njit(parallel=True, cache=True)
+def _bn_backward(g, xhat, scale, mean_g, mean_gx, dx):
+    N, C, H, W = g.shape
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        s, a, b = scale[c], mean_g[c], mean_gx[c]
+        for i in range(H):
+            for j in range(W):
+                dx[n, c, i, j] = s * (g[n, c, i, j] - a - xhat[n, c, i, j] * b)
+
+
+def batch_norm_stats(x):
+    x = np.ascontiguousarray(x)
+    mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
+    _bn_stats(x, mean, var)
+    return mean.astype(x.dtype), var.astype(x.dtype)
+
+
+def batch_norm_forward(x, mean, invstd, gamma, beta):
+    x = np.ascontiguousarray(x)
+    y, xhat = np.empty_like(x), np.empty_like(x)
+    as_x = [np.ascontiguousarray(v, dtype=x.dtype) for v in (mean, invstd, gamma, beta)]
+    _bn_forward(x, *as_x, y, xhat)
+    return y, xhat
+
+
+def batch_norm_backward(g, xhat, gamma, invstd, training):
+    g, xhat = np.ascontiguousarray(g), np.ascontiguousarray(xhat, dtype=g.dtype)
+    C, m = g.shape[1], g.size // g.shape[1]
+    dgamma, dbeta = np.empty(C), np.empty(C)
+    _bn_sums(g, xhat, dgamma, dbeta)
+    scale = np.asarray(gamma * invstd, dtype=g.dtype)
+    zero = np.zeros(C, g.dtype)
+    mean_g, mean_gx = ((dbeta / m).astype(g.dtype), (dgamma / m).astype(g.dtype)) if training else (zero, zero)
+    dx = np.empty_like(g)
+    _bn_backward(g, xhat, scale, mean_g, mean_gx, dx)
+    return dx, dgamma.astype(g.dtype), dbeta.astype(g.dtype)
+
+
+@njit(parallel=True, cache=True)
 def _relu(x, y):
     for k in prange(x.size):
         v = x[k]

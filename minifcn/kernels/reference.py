@@ -96,6 +96,37 @@ def relu_backward(g, y):
     return g * (y > 0)
 
 
+def batch_norm_stats(x):
+    """Per-channel mean and (biased) variance of (N, C, H, W) ``x`` over its N H W values."""
+    return x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+
+
+def batch_norm_forward(x, mean, invstd, gamma, beta):
+    """x^ = (x - mean) invstd and y = gamma x^ + beta, per channel; returns (y, x^)."""
+    shape = (1, -1, 1, 1)
+    xhat = (x - mean.reshape(shape)) * invstd.reshape(shape)
+    return xhat * gamma.reshape(shape) + beta.reshape(shape), xhat
+
+
+def batch_norm_backward(g, xhat, gamma, invstd, training):
+    """(dx, dgamma, dbeta). With the batch's own statistics (``training``) every output of a channel
+    depends on every input of it; with M values per channel:
+
+        dx = gamma invstd (g - mean(g) - x^ mean(g x^)),
+
+    the two means being the paths through the batch mean and variance. With fixed statistics the
+    layer is affine per channel: dx = gamma invstd g."""
+    axes, shape = (0, 2, 3), (1, -1, 1, 1)
+    dgamma, dbeta = (g * xhat).sum(axis=axes), g.sum(axis=axes)
+    scale = (gamma * invstd).reshape(shape)
+    if training:
+        m = g.size // g.shape[1]
+        dx = scale * (g - (dbeta / m).reshape(shape) - xhat * (dgamma / m).reshape(shape))
+    else:
+        dx = scale * g
+    return dx.astype(g.dtype, copy=False), dgamma, dbeta
+
+
 def _log_softmax(z):
     """log softmax over axis 1: z - m - log sum exp(z - m), m = max z, so no exponent overflows."""
     xp = array_module(z)

@@ -67,3 +67,42 @@ def test_the_published_siftflow_run_must_reach_both_numbers_of_the_goal_row(tmp_
     write("pretrained", 0.80, 0.30, 0.10)  # both numbers of the row: published, even at a lower mean IU
     siftflow.publish_best(str(tmp_path))
     assert (tmp_path / "siftflow.png").read_bytes() == b"pretrained"
+
+
+@pytest.mark.slow
+def test_a_classifier_is_shipped_and_the_siftflow_table_starts_from_it(tmp_path, monkeypatch, tiny):
+    """ship_classifier puts a finished pretrain run into the registry; siftflow_imagenet trains its stages
+    from it and publishes the documented schema, scored at the photos' native size, with FCN-8s's
+    predictions for every test photo in the label files' values."""
+    import numpy as np
+    from minifcn import zoo
+    from minifcn.config import PretrainConfig
+    from minifcn.pretrain import pretrain
+    monkeypatch.setattr(zoo, "DIRECTORY", str(tmp_path / "pretrained"))
+    config = PretrainConfig(data=str(tiny), out=str(tmp_path / "cls"), dataset="tiny-imagenet", num_classes=3,
+                            width=1 / 16, fc_width=8, crop=64, head="average", batchnorm=True, epochs=1,
+                            batch_size=4)
+    pretrain(config, progress=False)
+    ship = script("ship_classifier", monkeypatch)
+    ship.main([config.out, "--name", "vgg16-tinyimagenet", "--command", "minifcn pretrain (the test's settings)"])
+    about = zoo.available()["vgg16-tinyimagenet"]
+    assert about["classes"] == 3 and about["width"] == 1 / 16 and 0 <= about["top1"] <= about["top5"] <= 1
+    assert "--init vgg16-tinyimagenet --fc6-kernel 1" in about["use"]
+
+    root = make_siftflow(tmp_path / "sf", [f"img{i}" for i in range(9)], size=48)
+    table = script("siftflow_imagenet", monkeypatch, MINIFCN_SIFTFLOW=root)
+    results = tmp_path / "results"
+    table.main(["--size", "32", "--epochs", "1", "--fixed-epochs", "1", "--later-epochs", "1", "--jobs", "1",
+                "--out", str(tmp_path / "runs"), "--results", str(results)])
+    record = json.loads((results / "siftflow-imagenet.json").read_text())
+    assert set(record["results"]) == {"fcn32s-fixed", "fcn32s", "fcn16s", "fcn8s", "fcn32s-control"}
+    assert set(record["from_random"]) == {"fcn32s-fixed", "fcn8s"}
+    assert record["pretrain"]["dataset"] == "tiny-imagenet" and record["pretrain"]["top1"] == about["top1"]
+    for row in [*record["results"].values(), *record["from_random"].values()]:
+        assert all(0 <= row[k] <= 1 for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu"))
+        assert len(row["class_iu"]) == 33 and row["train_minutes"] > 0
+    with np.load(results / "siftflow-imagenet_test_predictions.npz") as maps:
+        test_ids = (tmp_path / "sf" / "test.txt").read_text().split()
+        assert sorted(maps.files) == sorted(test_ids)
+        assert all(maps[k].shape == (48, 48) and maps[k].dtype == np.uint8 and 1 <= maps[k].min()
+                   and maps[k].max() <= 33 for k in maps.files)

@@ -25,6 +25,8 @@ FIGURES = {
     "04_upsampling_and_sizes": ["fig09_size_mismatch", "fig10_pad_and_crop"],
     "05_skip_architecture": ["fig11_low_and_high_level_features", "fig12_fcn_32s_16s_8s"],
     "06_training_and_results": ["fig13_results"],
+    "07_features_from_real_photos": ["fig14_tinyimagenet_conv1", "fig15_tinyimagenet_top5",
+                                     "fig16_tinyimagenet_heatmap"],
 }
 
 # For each exercise, plausible wrong answers: each is run after the exercise's own cell, as a learner's
@@ -91,6 +93,10 @@ MUTANTS = {
             "tp = np.diag(n)\nclass_acc = tp / n.sum(axis=1)\nclass_iu = tp / (n.sum(axis=1) + n.sum(axis=0))  # tp twice"],
         2: ["loss_if_void_were_background = F.softmax_cross_entropy(z, t).item()  # void still ignored",
             "loss_if_void_were_background = 0.0"],
+    },
+    "07_features_from_real_photos": {
+        1: ["def top_k(p, k):\n    return np.argsort(p)[:k]  # the smallest, not the largest",
+            "def top_k(p, k):\n    return np.argsort(p)[-k:]  # the right five, least probable first"],
     },
 }
 

@@ -1,0 +1,48 @@
+"""The classifier that ships inside the package: it loads with the checks any stranger's file gets, says
+what its outputs mean, and its provenance agrees with the training history it carries."""
+
+import os
+import re
+
+import numpy as np
+import pytest
+
+from minifcn import zoo
+from minifcn.checkpoint import read_checkpoint
+from minifcn.weights import pretrained
+
+PHOTOS = os.path.join(os.path.dirname(__file__), "..", "tutorials", "photos")
+
+
+def test_vgg16_tinyimagenet_ships_with_its_classes_and_provenance():
+    about = zoo.available()["vgg16-tinyimagenet"]
+    for key in ("summary", "dataset", "command", "epochs", "minutes", "top1", "top5", "machine", "use"):
+        assert key in about, key
+    classifier = pretrained("vgg16-tinyimagenet")
+    assert not classifier.training and classifier.head == "average" and classifier.batchnorm
+    assert len(classifier.classes) == len(set(classifier.classes)) == about["classes"]
+    assert all(re.fullmatch(r"n\d{8}", wnid) for wnid in classifier.classes)
+    assert len(classifier.names) == len(classifier.classes)
+    config, state = read_checkpoint(zoo.path_of("vgg16-tinyimagenet"), config_class=None)
+    history = state["meta"]["history"]
+    assert len(history) == config.epochs == about["epochs"]
+    assert np.isclose(history[-1]["val_accuracy"], about["top1"]) and np.isclose(history[-1]["val_top5"], about["top5"])
+    assert state["optim"] == {}  # weights only: no optimiser state in the package
+
+
+def test_the_shipped_classifier_classifies_the_tutorial_photos():
+    from PIL import Image
+    classifier = pretrained("vgg16-tinyimagenet")
+    files = sorted(os.listdir(PHOTOS))
+    photos = [np.asarray(Image.open(os.path.join(PHOTOS, f)).convert("RGB")) for f in files]
+    p = classifier.classify(photos)
+    assert p.shape == (len(files), len(classifier.classes)) and np.allclose(p.sum(axis=1), 1)
+    assert np.array_equal(p, classifier.classify(np.stack(photos)))
+    truth = [classifier.classes.index(os.path.splitext(f)[0]) for f in files]  # each file is named by its wnid
+    ranks = [int((np.argsort(-row) == t).nonzero()[0][0]) for row, t in zip(p, truth)]
+    assert np.mean(ranks) < len(classifier.classes) / 4  # far better than chance (mean rank ~ K/2)
+
+
+def test_an_unknown_name_lists_what_ships():
+    with pytest.raises(ValueError, match="minifcn ships: .*vgg16-tinyimagenet"):
+        pretrained("vgg19-imagenet")

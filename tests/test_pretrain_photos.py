@@ -183,3 +183,17 @@ def test_weights_list_and_train_init_by_name(shipped, capsys):
     assert "conv1_1.weight" in copied and "fc7.weight" in copied and "score_fr.weight" in fresh
     with pytest.raises(ValueError, match="needs fc6_kernel=1"):
         initialize(FCN8s(num_classes=3, width=1 / 16, fc_width=8, input_mode="pad32"), shipped)
+
+
+def test_the_command_line_pretrains_on_photos_and_says_how_to_start_an_fcn(tiny, tmp_path, capsys):
+    from minifcn.cli import main
+    out = tmp_path / "cmd"
+    main(["pretrain", "--dataset", "tiny-imagenet", "--data", str(tiny), "--out", str(out), "--num-classes", "3",
+          "--width", "0.0625", "--fc-width", "8", "--crop", "64", "--head", "average", "--batchnorm", "true",
+          "--epochs", "1", "--batch-size", "4"])
+    said = capsys.readouterr().out
+    assert "top-1" in said and "top-5" in said and f"--init {out / 'classifier.npz'} --fc6-kernel 1" in said
+    assert (out / "metrics.jsonl").exists() and (out / "curves.png").exists()
+    code, err = run(capsys, "pretrain", "--dataset", "tiny-imagenet", "--data", str(tiny), "--out",
+                    str(tmp_path / "flat"), "--num-classes", "3", "--crop", "64")
+    assert code == 2 and "32 times an odd number" in err and "--head average" in err

@@ -165,7 +165,7 @@ def initialize(model, path):
         config, state = read_checkpoint(path, config_class=None)
         if isinstance(config, PretrainConfig):  # the paper's recipe: a classifier, convolutionalized
             model.load_classifier(load_classifier(config, state))
-            copied = sorted(k for k in state["model"] if not k.startswith("fc8"))
+            copied = sorted(k for k in dict(model.named_parameters()) if k.startswith(("conv", "fc6.", "fc7.")))
             return copied, sorted(set(dict(model.named_parameters())) - set(copied))
         source = state["model"]
     own = dict(model.named_parameters())

@@ -97,6 +97,8 @@ MUTANTS = {
     "07_features_from_real_photos": {
         1: ["def top_k(p, k):\n    return np.argsort(p)[:k]  # the smallest, not the largest",
             "def top_k(p, k):\n    return np.argsort(p)[-k:]  # the right five, least probable first"],
+        2: ["def tile_of(m):\n    return np.unravel_index(m.argmax(), m.shape)  # the block, not its tile",
+            "def tile_of(m):\n    y, x = np.unravel_index(m.argmax(), m.shape)\n    return x // 2, y // 2  # swapped"],
     },
 }
 

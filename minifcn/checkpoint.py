@@ -181,6 +181,17 @@ def initialize(model, path):
     return copied, sorted(set(own) - set(copied))
 
 
+def load_pretrained(name):
+    """The shipped classifier ``name`` (``minifcn.zoo``) in eval mode; ``.classes`` are its outputs' ids in
+    order (WordNet ids for Tiny ImageNet), ``.names`` their words, and ``.classify(photos)`` gives class
+    probabilities."""
+    from .zoo import path_of
+    config, state = read_checkpoint(path_of(name), config_class=None)
+    classifier = load_classifier(config, state)
+    classifier.eval()
+    return classifier
+
+
 def load_classifier(config, state):
     """The VGGClassifier a pre-training checkpoint holds."""
     classifier = VGGClassifier(config.num_classes, config.width, config.fc_width, config.crop, config.seed,

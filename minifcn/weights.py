@@ -409,6 +409,7 @@ def kind_of(state):
 
 def pretrained(name):
     """A classifier that ships with minifcn, in eval mode (``minifcn weights list`` names them):
-    ``pretrained("vgg16-tinyimagenet")`` is the narrow VGG16 trained on Tiny ImageNet. See ``minifcn.zoo``."""
-    from .zoo import pretrained as shipped
-    return shipped(name)
+    ``pretrained("vgg16-tinyimagenet")`` is the narrow VGG16 trained on Tiny ImageNet. See ``minifcn.zoo``
+    and ``checkpoint.load_pretrained``."""
+    import importlib  # at call time: checkpoint reads .pth files with this module
+    return importlib.import_module(".checkpoint", __package__).load_pretrained(name)

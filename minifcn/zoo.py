@@ -4,7 +4,8 @@ Each one is two files in ``minifcn/pretrained/``: ``NAME.npz``, a classifier che
 pretrain`` writes it (settings, weights, batch-norm statistics, the classes in output order), and
 ``NAME.json``, its provenance: the command that made it, the data, the epochs and minutes, and the
 accuracy it reached on data it did not train on. They are read with the same checks as any file from
-a stranger (``checkpoint.read_checkpoint``): a package can be tampered with too.
+a stranger (``checkpoint.read_checkpoint``; ``minifcn.weights.pretrained`` loads them): a package can be
+tampered with too.
 """
 
 import json
@@ -34,13 +35,3 @@ def path_of(name):
                          f"('minifcn weights list')")
     return os.path.join(DIRECTORY, name + ".npz")
 
-
-def pretrained(name):
-    """The shipped classifier ``name`` in eval mode; ``.classes`` are its outputs' ids in order (WordNet ids
-    for Tiny ImageNet), ``.names`` their words, and ``.classify(photos)`` gives class probabilities."""
-    from .checkpoint import load_classifier, read_checkpoint
-
-    config, state = read_checkpoint(path_of(name), config_class=None)
-    classifier = load_classifier(config, state)
-    classifier.eval()
-    return classifier

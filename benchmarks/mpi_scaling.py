@@ -13,12 +13,13 @@ threads' (1.0: data parallelism costs nothing that threads did not already give)
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+
+from machine import cpu_name
 
 WORKER = r"""
 import json, sys, time
@@ -39,14 +40,6 @@ world.barrier()
 if world.rank == 0:
     print(json.dumps({"seconds": time.perf_counter() - start}))
 """
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def run(ranks, threads, data, out, warm, steps):

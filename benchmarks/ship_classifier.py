@@ -10,7 +10,6 @@ The accuracy recorded is the run's own last validation pass, re-measured here fr
 import argparse
 import json
 import os
-import platform
 import sys
 
 import numpy as np
@@ -20,13 +19,7 @@ from minifcn.checkpoint import load_classifier, read_checkpoint, save_checkpoint
 from minifcn.models.vgg import VGG16_STAGES, scaled
 from minifcn.pretrain import accuracy, source
 
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
+from machine import cpu_name
 
 
 def main(argv=None):
@@ -40,7 +33,8 @@ def main(argv=None):
     if meta["epoch"] != config.epochs:
         sys.exit(f"{args.run} stopped after epoch {meta['epoch']} of {config.epochs}; finish it first")
     classifier = load_classifier(config, state)
-    top1, top5 = accuracy(classifier, source(config, config.val_split).validation())
+    validation = source(config, config.val_split)
+    top1, top5 = accuracy(classifier, validation.validation())
     history = meta["history"]
     if not np.isclose(top1, history[-1]["val_accuracy"]):
         sys.exit(f"re-measured top-1 {top1} differs from the run's own {history[-1]['val_accuracy']}")
@@ -55,7 +49,7 @@ def main(argv=None):
         "dataset": config.dataset, "classes": config.num_classes, "width": config.width,
         "fc_width": config.fc_width, "input": f"{config.crop}x{config.crop} RGB, ImageNet mean and spread",
         "epochs": config.epochs, "minutes": history[-1]["seconds"] / 60, "top1": top1, "top5": top5,
-        "evaluated_on": f"the {len(source(config, config.val_split))} {config.val_split} photos",
+        "evaluated_on": f"the {len(validation)} {config.val_split} photos",
         "machine": f"{cpu_name()}, {os.cpu_count()} cores", "command": args.command,
         "use": f"minifcn train --init {args.name} --fc6-kernel {config.fc6_kernel} --width {config.width:g} "
                f"--fc-width {config.fc_width} ...",

@@ -139,8 +139,7 @@ class Photos:
         if len(self.classes) != config.num_classes:
             raise ValueError(f"{self.dataset.root}/wnids.txt lists {len(self.classes)} classes; pass "
                              f"--num-classes {len(self.classes)} (now {config.num_classes})")
-        self.images, self.labels = read_photos(self.dataset, config.crop, progress) if len(self.dataset) else \
-            (np.empty((0, config.crop, config.crop, 3), np.uint8), np.empty(0, np.int64))
+        self.images, self.labels = read_photos(self.dataset, config.crop, progress)
         self.steps = -(-len(self.dataset) // config.batch_size)
 
     def __len__(self):

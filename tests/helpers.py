@@ -20,6 +20,19 @@ def run(capsys, *argv):
     return code, capsys.readouterr().err
 
 
+class Interrupt:
+    """Stands in for a function and raises KeyboardInterrupt on its n-th call, as Ctrl-C there would."""
+
+    def __init__(self, n, real):
+        self.n, self.calls, self.real = n, 0, real
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        return self.real(*args, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """Six training and two validation images of 32 px, in VOC's layout."""

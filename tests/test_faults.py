@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import run
+from helpers import Interrupt, run
 from minifcn import functional as F
 from minifcn.cli import main
 from minifcn.data.voc import read_image
@@ -166,19 +166,6 @@ def test_init_from_a_net_of_another_width_fails_and_names_a_tensor(data, tmp_pat
 
 
 # --- interrupted validation --------------------------------------------------------------------------------
-
-class Interrupt:
-    """Stands in for evaluate() and raises KeyboardInterrupt on its n-th call, as Ctrl-C there would."""
-
-    def __init__(self, n, real):
-        self.n, self.calls, self.real = n, 0, real
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        if self.calls == self.n:
-            raise KeyboardInterrupt
-        return self.real(*args, **kwargs)
-
 
 @pytest.mark.parametrize("epoch", [1, 3])  # 3 is the last: resuming must still validate it
 def test_ctrl_c_during_validation_is_finished_on_resume(data, tmp_path, monkeypatch, epoch):

@@ -12,6 +12,8 @@ from minifcn.data import synthesize
 from minifcn.models import FCN32s, FCN8s
 from minifcn.pretrain import crops_of, pretrain
 
+from helpers import Interrupt
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -66,15 +68,8 @@ def test_pretraining_resumes_bit_for_bit_and_refuses_other_settings(data, tmp_pa
     config = PretrainConfig(data=data, out=str(tmp_path / "cls"), width=1 / 16, fc_width=16, crop=32,
                             crops_per_image=2, epochs=2, batch_size=8)
     straight, _ = pretrain(PretrainConfig(**{**config.__dict__, "out": str(tmp_path / "straight")}), progress=False)
-    calls, real = [], stage.accuracy
-
-    def interrupted(*args):
-        calls.append(1)
-        if len(calls) == 2:  # Ctrl-C while epoch 2 is being scored: its checkpoint is not written
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(stage, "accuracy", interrupted)
+    # Ctrl-C while epoch 2 is being scored: its checkpoint is not written
+    monkeypatch.setattr(stage, "accuracy", Interrupt(2, stage.accuracy))
     with pytest.raises(KeyboardInterrupt):
         pretrain(config, progress=False)
     monkeypatch.undo()

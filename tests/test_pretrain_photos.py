@@ -16,7 +16,7 @@ from minifcn.data import TinyImageNet, normalize
 from minifcn.models import FCN8s, VGGClassifier, convolutionalize
 from minifcn.pretrain import Photos, pretrain
 
-from helpers import WNIDS, run
+from helpers import WNIDS, Interrupt, run
 
 
 def photo_config(tiny, tmp_path, **changes):
@@ -56,15 +56,8 @@ def test_photo_pretraining_logs_top5_and_resumes_mid_epoch_bit_for_bit(tiny, tmp
     assert all(0 <= h["val_accuracy"] <= h["val_top5"] <= 1 for h in lines)
     assert (tmp_path / "straight" / "curves.png").stat().st_size > 1000
 
-    calls, real = [], stage.train_step
-
-    def interrupted(*args):
-        calls.append(1)
-        if len(calls) == 4:  # Ctrl-C in the middle of epoch 2 (2 steps an epoch; a checkpoint every step)
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(stage, "train_step", interrupted)
+    # Ctrl-C in the middle of epoch 2 (2 steps an epoch; a checkpoint every step)
+    monkeypatch.setattr(stage, "train_step", Interrupt(4, stage.train_step))
     with pytest.raises(KeyboardInterrupt):
         pretrain(config, progress=False)
     monkeypatch.undo()

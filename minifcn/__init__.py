@@ -16,6 +16,9 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 # Under mpiexec, the ranks on one machine share its cores: each BLAS gets its share (cores / ranks),
 # or two ranks of two threads on two cores would fight. Numba's pool is sized per run (--threads).
 from . import launcher  # noqa: E402 (reads the environment only; no numpy)
+from . import cpu  # noqa: E402 (llvmlite only: full-width vectors on AVX-512, see minifcn/cpu.py)
+
+cpu.use_full_width()
 
 if launcher.local_size() > 1:
     for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):

@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..conv_arithmetic import conv_geometry
-from . import numba_tiled, reference, shifted_gemm, subpixel
+from . import gemm, numba_tiled, reference, shifted_gemm, subpixel
 
 FLOAT_DTYPES = (np.float32, np.float64)  # Numba compiles no float16 arithmetic
 
@@ -138,7 +138,7 @@ def conv2d(x, w, stride=1, padding=0, dilation=1):
         return shifted_gemm.conv2d(x, w, geo.padding, geo.dilation)
     if way == "subpixel":
         return subpixel.conv2d(x, w, geo, conv2d, to_phases)
-    return reference.conv2d(x, w, stride, padding, dilation, unfold=im2col)
+    return reference.conv2d(x, w, stride, padding, dilation, unfold=im2col, product=gemm.matmul)
 
 
 def conv2d_input_grad(g, w, input_shape, stride=1, padding=0, dilation=1):
@@ -151,7 +151,8 @@ def conv2d_input_grad(g, w, input_shape, stride=1, padding=0, dilation=1):
         (c0, c1), pads, _ = flipped
         g = g[:, :, c0: g.shape[2] - c0, c1: g.shape[3] - c1]
         return conv2d(g, np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)), 1, pads, geo.dilation)
-    return reference.conv2d_input_grad(g, w, input_shape, stride, padding, dilation, fold=col2im)
+    return reference.conv2d_input_grad(g, w, input_shape, stride, padding, dilation, fold=col2im,
+                                       product=gemm.matmul)
 
 
 def _flipped(geo, w_shape):
@@ -195,7 +196,8 @@ def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1):
         return shifted_gemm.conv2d_weight_grad(g, x, w_shape, geo.padding, geo.dilation)
     if way == "subpixel":
         return subpixel.conv2d_weight_grad(g, x, w_shape, geo, conv2d_weight_grad, to_phases)
-    return reference.conv2d_weight_grad(g, x, w_shape, stride, padding, dilation, unfold=im2col)
+    return reference.conv2d_weight_grad(g, x, w_shape, stride, padding, dilation, unfold=im2col,
+                                        product=gemm.matmul)
 
 
 @njit(parallel=True, cache=True)

@@ -4,6 +4,8 @@ They run on NumPy or CuPy arrays alike (``array_module``), so the CuPy backend
 uses them for anything it has no CUDA kernel for.
 """
 
+import operator
+
 import numpy as np
 
 from ..arrays import array_module
@@ -16,27 +18,28 @@ from ..im2col import col2im, im2col  # the reference im2col lives with its deriv
 # and the chain rule through that product gives the two gradients:
 #     dL/dcols = W^T @ g  ->  dL/dx = col2im(W^T @ g)      (col2im is im2col's adjoint)
 #     dL/dW = g @ cols^T, summed over the images
-# ``unfold`` and ``fold`` let a backend run the same equations with its own im2col and col2im.
+# ``unfold``, ``fold`` and ``product`` let a backend run the same equations with its own im2col, col2im
+# and matrix product.
 
-def conv2d(x, w, stride=1, padding=0, dilation=1, unfold=im2col):
+def conv2d(x, w, stride=1, padding=0, dilation=1, unfold=im2col, product=operator.matmul):
     """y = W @ im2col(x): every output pixel is a kernel-sized patch dotted with each filter."""
     N, Cout = x.shape[0], w.shape[0]
     OH, OW = conv_geometry(x.shape, w.shape[2:], stride, padding, dilation).out
     cols = unfold(x, w.shape[2:], stride, padding, dilation)
-    return (w.reshape(Cout, -1) @ cols).reshape(N, Cout, OH, OW)
+    return product(w.reshape(Cout, -1), cols).reshape(N, Cout, OH, OW)
 
 
-def conv2d_input_grad(g, w, input_shape, stride=1, padding=0, dilation=1, fold=col2im):
+def conv2d_input_grad(g, w, input_shape, stride=1, padding=0, dilation=1, fold=col2im, product=operator.matmul):
     """dL/dx = col2im(W^T @ g): each output's gradient spread back over the patch it read."""
     N, Cout = g.shape[:2]
-    return fold(w.reshape(Cout, -1).T @ g.reshape(N, Cout, -1), input_shape, w.shape[2:], stride, padding, dilation)
+    return fold(product(w.reshape(Cout, -1).T, g.reshape(N, Cout, -1)), input_shape, w.shape[2:], stride, padding, dilation)
 
 
-def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1, unfold=im2col):
+def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1, unfold=im2col, product=operator.matmul):
     """dL/dW = sum over images of g @ cols^T: each filter weight meets every pixel it multiplied."""
     N, Cout = g.shape[:2]
     cols = unfold(x, w_shape[2:], stride, padding, dilation)
-    return (g.reshape(N, Cout, -1) @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(w_shape)
+    return product(g.reshape(N, Cout, -1), cols.transpose(0, 2, 1)).sum(axis=0).reshape(w_shape)
 
 
 def unfolds(op, input_shape, w_shape, stride=1, padding=0, dilation=1):

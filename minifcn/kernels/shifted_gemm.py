@@ -22,6 +22,8 @@ routes it as one.)
 
 import numpy as np
 
+from .gemm import matmul
+
 
 def _flat(x, padding):
     """The zero-padded image, flattened per channel: (N, C, Hp*Wp), and (Hp, Wp)."""
@@ -43,7 +45,7 @@ def conv2d(x, w, padding, dilation):
     L = (OH - 1) * Wp + OW
     y = np.zeros((N, Cout, OH * Wp), dtype=np.result_type(x.dtype, w.dtype))
     for i, j, off in _taps(w.shape[2:], dilation, Wp):
-        y[:, :, :L] += np.matmul(w[:, :, i, j], X[:, :, off: off + L])
+        y[:, :, :L] += matmul(w[:, :, i, j], X[:, :, off: off + L])
     return np.ascontiguousarray(y.reshape(N, Cout, OH, Wp)[:, :, :, :OW])
 
 
@@ -63,5 +65,5 @@ def conv2d_weight_grad(g, x, w_shape, padding, dilation):
     G = _flat_grad(g, Wp)[:, :, :L]
     dw = np.empty(w_shape, dtype=np.result_type(g.dtype, x.dtype))
     for i, j, off in _taps(w_shape[2:], dilation, Wp):
-        dw[:, :, i, j] = np.matmul(G, X[:, :, off: off + L].transpose(0, 2, 1)).sum(axis=0)
+        dw[:, :, i, j] = matmul(G, X[:, :, off: off + L].transpose(0, 2, 1)).sum(axis=0)
     return dw

@@ -124,6 +124,14 @@ def set_num_threads(n):
         pass
 
 
+def set_autotune(on=True):
+    """Choose each convolution's route by measuring the candidates on this CPU (True, the default; the
+    choices are kept on disk, see minifcn/kernels/autotune.py) or by a fixed rule of shapes (False).
+    ``MINIFCN_AUTOTUNE=0`` sets False for a whole run. Only the Numba backend has routes to choose."""
+    from .kernels import autotune
+    autotune.set_autotune(on)
+
+
 def environment_errors():
     """One line per MINIFCN_* variable whose value could not be used (its default was used instead).
 

@@ -1,5 +1,9 @@
 import os
 
+# Routes by the fixed rule unless a test turns measuring on (tests/test_autotune.py): no table written under
+# the user's home, and every test computes the same way on every machine.
+os.environ["MINIFCN_AUTOTUNE"] = "0"
+
 from hypothesis import HealthCheck, settings
 
 from helpers import data, dataset, tiny  # noqa: F401 (fixtures shared by the test files)

@@ -14,11 +14,13 @@ went from 1.19 to 0.45 ms, col2im from 1.17 to 0.33, from_phases from 17.8 to 6)
 
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
+from .. import backend
 from ..conv_arithmetic import conv_geometry
-from . import gemm, numba_tiled, reference, shifted_gemm, subpixel
+from . import autotune, gemm, numba_tiled, reference, shifted_gemm, subpixel
 
 FLOAT_DTYPES = (np.float32, np.float64)  # Numba compiles no float16 arithmetic
 
@@ -96,13 +98,16 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
 #                 input has more channels than the output
 #   "im2col"   -- the textbook, with this module's im2col and col2im: 1x1 kernels (a reshape), small maps
 #   "subpixel" -- stride s: one stride-1 convolution over the s x s phases (subpixel.py), routed again
-# At stride 1 the input gradient is the convolution of g with the flipped kernel, routed like a forward
-# pass, when that is the cheaper of the two ways (see conv2d_input_grad).
-ROUTE = None  # None: by shape; "tiled", "shifted" or "im2col" forces that route wherever it can run
+# The input gradient is col2im(W^T g) ("col2im"), or at stride 1 the forward convolution of g with the
+# flipped kernel ("flipped"), itself routed as a forward pass; strided, over the phases ("subpixel").
+# Which route runs is measured once per shape on this CPU (autotune.py); the by-shape rule below decides
+# where that is off, and ROUTE forces one route wherever it can run (tests, benchmarks).
+ROUTES = ("tiled", "shifted", "im2col", "subpixel", "col2im", "flipped")
+ROUTE = None  # None: measured, or by shape; "tiled", "shifted" or "im2col" forces that route wherever it can run
 
 
 def route(geo, in_channels, out_channels, weight_grad=False):
-    """The route of a convolution pass (forward, or weight gradient): its geometry and channels."""
+    """The by-shape rule for a convolution pass (forward, or weight gradient): its geometry and channels."""
     if ROUTE == "im2col" or geo.kernel == (1, 1) and geo.stride == (1, 1):
         return "im2col"
     if geo.stride != (1, 1):
@@ -117,7 +122,7 @@ def route(geo, in_channels, out_channels, weight_grad=False):
 
 
 def use_tiled(out_width, channel_product, weight_grad=False):
-    """Where the tiles beat BLAS, as measured (benchmarks/speed.py, 2 cores, float32).
+    """Where the tiles beat BLAS, as measured on a 2-core AMD Zen 4 (float32): the rule used without autotune.
 
     The tiles lose when rows are short (a 21-pixel row fills 21 of the 32 lanes of two tiles) and when
     layers are wide (from 256 channels BLAS is at 75-95 % of peak, and a tile's weights leave L1). The
@@ -129,54 +134,104 @@ def use_tiled(out_width, channel_product, weight_grad=False):
     return not weight_grad or channel_product <= 32 * 32 or out_width >= 64
 
 
+def candidates(op, input_shape, geo, w_shape, itemsize):
+    """The routes that can compute ``op`` at this geometry within the workspace limit (im2col columns
+    that would not fit are never tried: minifcn.workspace cut the work assuming they are not made)."""
+    cout, cin, kh, kw = w_shape
+    fits = input_shape[0] * cin * kh * kw * geo.out[0] * geo.out[1] * itemsize <= backend.workspace_limit()
+    unfold = "col2im" if op == "conv2d_input_grad" else "im2col"
+    if geo.stride != (1, 1):
+        ways = ["subpixel"] if subpixel.applies(geo) else []
+        return ways + [unfold] if fits or not ways else ways
+    if geo.kernel == (1, 1) and op != "conv2d_input_grad":
+        return ["im2col"]  # a reshape and one product
+    if op == "conv2d_input_grad":
+        ways = ["flipped"]
+    else:
+        ways = ["tiled"] if op == "conv2d" or geo.kernel == (3, 3) else []
+        ways.append("shifted")
+    return ways + [unfold] if fits else ways
+
+
+def _rule(op, geo, w_shape):
+    cout, cin = w_shape[:2]
+    if op != "conv2d_input_grad":
+        return route(geo, cin, cout, weight_grad=op == "conv2d_weight_grad")
+    if geo.stride != (1, 1) and subpixel.applies(geo) and ROUTE != "im2col":
+        return "subpixel"
+    return "col2im" if _flipped(geo, w_shape) is None else "flipped"
+
+
+def _key(op, input_shape, geo, w_shape, dtype):
+    """What a measurement holds for: the pass, dtype, input and kernel shapes, stride, padding, dilation."""
+    return " ".join([op, np.dtype(dtype).name, "x".join(map(str, input_shape)), "x".join(map(str, w_shape)),
+                     *(f"{a},{b}" for a, b in (geo.stride, geo.padding, geo.dilation))])
+
+
+def _routed(op, input_shape, geo, w_shape, dtype, run):
+    """run(route) by the route measured fastest for this pass on this CPU, or by the rule (see autotune)."""
+    rule = _rule(op, geo, w_shape)
+    if ROUTE is not None:
+        return run(rule)
+    ways = candidates(op, input_shape, geo, w_shape, np.dtype(dtype).itemsize)
+    key = _key(op, input_shape, geo, w_shape, dtype)
+    return autotune.choose(key, numba.get_num_threads(), ways, run, rule, ROUTES)[1]
+
+
 def conv2d(x, w, stride=1, padding=0, dilation=1):
     geo = conv_geometry(x.shape, w.shape[2:], stride, padding, dilation)
-    way = route(geo, w.shape[1], w.shape[0])
-    if way == "tiled":
-        return numba_tiled.conv2d(x, w, geo.padding, geo.dilation)
-    if way == "shifted":
-        return shifted_gemm.conv2d(x, w, geo.padding, geo.dilation)
-    if way == "subpixel":
-        return subpixel.conv2d(x, w, geo, conv2d, to_phases)
-    return reference.conv2d(x, w, stride, padding, dilation, unfold=im2col, product=gemm.matmul)
+
+    def run(way):
+        if way == "tiled":
+            return numba_tiled.conv2d(x, w, geo.padding, geo.dilation)
+        if way == "shifted":
+            return shifted_gemm.conv2d(x, w, geo.padding, geo.dilation)
+        if way == "subpixel":
+            return subpixel.conv2d(x, w, geo, conv2d, to_phases)
+        return reference.conv2d(x, w, stride, padding, dilation, unfold=im2col, product=gemm.matmul)
+    return _routed("conv2d", x.shape, geo, w.shape, np.result_type(x.dtype, w.dtype), run)
 
 
 def conv2d_input_grad(g, w, input_shape, stride=1, padding=0, dilation=1):
     """Strided: over the phases. Stride 1: a forward convolution of g where that is cheaper (``_flipped``)."""
     geo = conv_geometry(input_shape, w.shape[2:], stride, padding, dilation)
-    if geo.stride != (1, 1) and subpixel.applies(geo) and ROUTE != "im2col":
-        return subpixel.conv2d_input_grad(g, w, input_shape, geo, conv2d_input_grad, from_phases)
-    flipped = _flipped(geo, w.shape)
-    if flipped is not None:
-        (c0, c1), pads, _ = flipped
-        g = g[:, :, c0: g.shape[2] - c0, c1: g.shape[3] - c1]
-        return conv2d(g, np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)), 1, pads, geo.dilation)
-    return reference.conv2d_input_grad(g, w, input_shape, stride, padding, dilation, fold=col2im,
-                                       product=gemm.matmul)
+
+    def run(way):
+        if way == "subpixel":
+            return subpixel.conv2d_input_grad(g, w, input_shape, geo, conv2d_input_grad, from_phases)
+        if way == "flipped":
+            (c0, c1), pads, _ = _flipped(geo, w.shape, always=True)
+            cropped = g[:, :, c0: g.shape[2] - c0, c1: g.shape[3] - c1]
+            flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+            return conv2d(cropped, flipped, 1, pads, geo.dilation)
+        return reference.conv2d_input_grad(g, w, input_shape, stride, padding, dilation, fold=col2im,
+                                           product=gemm.matmul)
+    return _routed("conv2d_input_grad", input_shape, geo, w.shape, np.result_type(g.dtype, w.dtype), run)
 
 
-def _flipped(geo, w_shape):
+def _flipped(geo, w_shape, always=False):
     """At stride 1, dx is the convolution of g -- padded by d(k-1) - p, or cropped where that is negative --
     with the kernel flipped and its channels swapped: dx[c] = sum_o flip(w[o, c]) * g[o]. That costs
-    im2col columns of g's Cout channels, where col2im(W^T g) costs columns of dx's Cin: take the smaller,
-    or the flipped one wherever the tiles run it. Returns (crop of g, padding, geometry of that forward
-    convolution), or None for col2im(W^T g)."""
-    if geo.stride != (1, 1) or ROUTE == "im2col":
+    im2col columns of g's Cout channels, where col2im(W^T g) costs columns of dx's Cin: the rule takes the
+    smaller, or the flipped one wherever the tiles run it. Returns (crop of g, padding, geometry of that
+    forward convolution), or None where the rule (unless ``always``) takes col2im(W^T g)."""
+    if geo.stride != (1, 1) or ROUTE == "im2col" and not always:
         return None
     pads = [d * (k - 1) - p for k, p, d in zip(geo.kernel, geo.padding, geo.dilation)]
     crop, pad = tuple(max(-q, 0) for q in pads), tuple(max(q, 0) for q in pads)
     g_hw = [n - 2 * c for n, c in zip(geo.out, crop)]
     forward = conv_geometry((1, w_shape[0], *g_hw), geo.kernel, 1, pad, geo.dilation)
     cout, cin = w_shape[:2]
-    if ROUTE is not None or cout <= cin or route(forward, cout, cin) == "tiled":
+    if always or ROUTE is not None or cout <= cin or route(forward, cout, cin) == "tiled":
         return crop, pad, forward
     return None
 
 
 def unfolds(op, input_shape, w_shape, stride=1, padding=0, dilation=1):
-    """Whether ``op`` builds im2col columns here, the memory that minifcn.workspace bounds by cutting the
-    work into pieces. The tiled and shifted-GEMM routes read the input where it lies; strided convolutions
-    are routed again per phase, so they count as unfolding."""
+    """Whether ``op`` builds im2col columns here by the by-shape rule, the memory that minifcn.workspace
+    bounds by cutting the work into pieces. The tiled and shifted-GEMM routes read the input where it
+    lies; strided convolutions are routed again per phase, so they count as unfolding. (A pass run whole
+    is measured only over the routes whose columns fit, see ``candidates``.)"""
     geo = conv_geometry(input_shape, w_shape[2:], stride, padding, dilation)
     cout, cin = w_shape[:2]
     if op == "conv2d_input_grad":
@@ -189,15 +244,17 @@ def unfolds(op, input_shape, w_shape, stride=1, padding=0, dilation=1):
 
 def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1):
     geo = conv_geometry(x.shape, w_shape[2:], stride, padding, dilation)
-    way = route(geo, w_shape[1], w_shape[0], weight_grad=True)
-    if way == "tiled":
-        return numba_tiled.conv2d_weight_grad(g, x, w_shape, geo.padding, geo.dilation)
-    if way == "shifted":
-        return shifted_gemm.conv2d_weight_grad(g, x, w_shape, geo.padding, geo.dilation)
-    if way == "subpixel":
-        return subpixel.conv2d_weight_grad(g, x, w_shape, geo, conv2d_weight_grad, to_phases)
-    return reference.conv2d_weight_grad(g, x, w_shape, stride, padding, dilation, unfold=im2col,
-                                        product=gemm.matmul)
+
+    def run(way):
+        if way == "tiled":
+            return numba_tiled.conv2d_weight_grad(g, x, w_shape, geo.padding, geo.dilation)
+        if way == "shifted":
+            return shifted_gemm.conv2d_weight_grad(g, x, w_shape, geo.padding, geo.dilation)
+        if way == "subpixel":
+            return subpixel.conv2d_weight_grad(g, x, w_shape, geo, conv2d_weight_grad, to_phases)
+        return reference.conv2d_weight_grad(g, x, w_shape, stride, padding, dilation, unfold=im2col,
+                                            product=gemm.matmul)
+    return _routed("conv2d_weight_grad", x.shape, geo, w_shape, np.result_type(g.dtype, x.dtype), run)
 
 
 @njit(parallel=True, cache=True)

@@ -1,0 +1,152 @@
+"""Routes chosen by measurement, as cuDNN's benchmark mode chooses its algorithms.
+
+A convolution pass can run several ways (numba_cpu's routes: register tiles, a product per tap, im2col),
+and which is fastest depends on the CPU: its vector width, caches, core count. A rule written from one
+machine's measurements picks wrong on another. So, the first time a pass meets a (pass, shapes, dtype,
+threads) it has not met on this CPU, it runs every route that can do it, times the fastest of two runs
+of each (the first may compile), keeps the fastest and returns that route's own result.
+
+The choices go to a small JSON table on disk, one per CPU (its name, LLVM's name for it and the
+feature string the kernels compile with) and thread count:
+
+    $MINIFCN_CACHE_DIR/autotune/<cpu>-<threads>t.json     (default ~/.cache/minifcn)
+
+Later processes read it and measure nothing, so a run and its resume compute with the same routes, bit
+for bit. A table that belongs to another CPU, or does not parse, or names routes that do not exist,
+is ignored entry by entry; it can neither run code nor steer a pass onto a route that cannot compute it.
+
+Measuring is bounded: at most ``budget`` seconds per process (``MAX_SECONDS``); past that the by-shape
+rule decides, unrecorded, and a later process measures the rest. ``report()`` says what was spent.
+``minifcn.set_autotune(False)`` or ``MINIFCN_AUTOTUNE=0`` turns it off: the by-shape rule decides always.
+"""
+
+import hashlib
+import json
+import os
+import time
+
+from ..atomic import write_atomically
+
+MAX_SECONDS = 30.0
+MAX_TABLE_BYTES = 4 << 20  # a table is a few kB; anything larger is not ours
+_state = {"enabled": None, "table": None, "path": None, "who": None, "threads": None, "routes": (), "seconds": 0.0,
+          "measured": 0, "depth": 0}
+
+
+def enabled():
+    if _state["enabled"] is None:
+        _state["enabled"] = os.environ.get("MINIFCN_AUTOTUNE", "1").strip() not in ("0", "false", "no", "off")
+    return _state["enabled"]
+
+
+def set_autotune(on=True):
+    """Choose convolution routes by measurement (True, the default) or by the by-shape rule (False)."""
+    _state["enabled"] = bool(on)
+
+
+def cache_dir():
+    root = os.environ.get("MINIFCN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "minifcn")
+    return os.path.join(root, "autotune")
+
+
+def identity(threads):
+    """What a table belongs to: this CPU, the features the kernels compile with, and the thread count."""
+    from .. import cpu
+    name, _ = cpu.host()
+    return {"cpu": cpu.model_name(), "llvm": name, "features": cpu.compiled_features(), "threads": threads}
+
+
+def table_path(who):
+    digest = hashlib.sha256(json.dumps(who, sort_keys=True).encode()).hexdigest()[:16]
+    return os.path.join(cache_dir(), f"{who['llvm'] or 'cpu'}-{digest}-{who['threads']}t.json")
+
+
+def _read(path, who, routes):
+    """The entries of the table at ``path`` that are for ``who`` and name known routes; {} if none."""
+    try:
+        if os.path.getsize(path) > MAX_TABLE_BYTES:
+            return {}
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(saved, dict) or saved.get("for") != who or not isinstance(saved.get("choices"), dict):
+        return {}
+    return {k: v for k, v in saved["choices"].items() if isinstance(k, str) and v in routes}
+
+
+def _table(threads, routes):
+    if _state["table"] is None or _state["threads"] != threads:
+        who = identity(threads)
+        _state.update(who=who, threads=threads, path=table_path(who), routes=routes)
+        _state["table"] = _read(_state["path"], who, routes)
+    return _state["table"]
+
+
+def _save(key, route):
+    """Add one choice to the table on disk, merged with what other processes wrote meanwhile."""
+    path, who = _state["path"], _state["who"]
+    choices = {**_read(path, who, _state["routes"]), key: route}
+    text = json.dumps({"for": who, "choices": choices}, indent=0, sort_keys=True)
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_atomically(path, write)
+    except OSError:  # a read-only home: the choice holds for this process only
+        pass
+
+
+def recorded(key, threads, routes):
+    """The route on record for ``key`` (a string naming pass, shapes and dtype), or None."""
+    if not enabled():
+        return None
+    return _table(threads, routes).get(key)
+
+
+def choose(key, threads, candidates, run, rule, routes):
+    """``run(route)`` by the route on record for ``key``; else, within budget, by the fastest candidate.
+
+    ``candidates``: the routes that can compute this pass here; ``rule``: the by-shape choice, used when
+    autotuning is off, already spent, or there is nothing to choose; ``routes``: every route name there is
+    (what a table may contain). Returns (route, result).
+    """
+    if not enabled() or len(candidates) < 2:
+        return rule, run(rule)
+    table = _table(threads, routes)
+    if table.get(key) in candidates:
+        return table[key], run(table[key])
+    if _state["seconds"] >= MAX_SECONDS:
+        return rule, run(rule)
+    started, best = time.perf_counter(), None
+    _state["depth"] += 1  # a route may run passes that are measured in turn (the flipped input gradient)
+    try:
+        for route in candidates:
+            times = []
+            for _ in range(2):
+                t = time.perf_counter()
+                result = run(route)
+                times.append(time.perf_counter() - t)
+            if best is None or min(times) < best[0]:
+                best = (min(times), route, result)
+    finally:
+        _state["depth"] -= 1
+    if not _state["depth"]:
+        _state["seconds"] += time.perf_counter() - started
+    _state["measured"] += 1
+    table[key] = best[1]
+    _save(key, best[1])
+    return best[1], best[2]
+
+
+def report():
+    """{'measured': passes timed in this process, 'seconds': spent timing them, 'table': its file}."""
+    return {"measured": _state["measured"], "seconds": round(_state["seconds"], 2), "table": _state["path"]}
+
+
+def forget():
+    """Drop what this process holds in memory (the next pass reads the table from disk again)."""
+    _state.update(table=None, path=None, who=None, threads=None, seconds=0.0, measured=0)

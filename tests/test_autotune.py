@@ -1,0 +1,178 @@
+"""Routes chosen by measurement: every candidate computes the reference's result, the fastest is kept, the table
+on disk is reused by later processes, ignored for another CPU or thread count and when it is not ours, and
+the off switch restores the by-shape rule."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from minifcn.kernels import autotune, reference
+from strategies import conv_geometry, random_arrays
+
+numba_cpu = pytest.importorskip("minifcn.kernels.numba_cpu", reason="numba is not installed")
+
+OPS = ("conv2d", "conv2d_input_grad", "conv2d_weight_grad")
+
+
+@pytest.fixture
+def tuning(tmp_path, monkeypatch):
+    """Autotune on, with a table folder of this test's own."""
+    monkeypatch.setenv("MINIFCN_CACHE_DIR", str(tmp_path))
+    autotune.forget()
+    autotune.set_autotune(True)
+    yield tmp_path
+    autotune.set_autotune(False)
+    autotune.forget()
+
+
+def _call(op, x, w, g, geo):
+    args = dict(stride=geo["stride"], padding=geo["padding"], dilation=geo["dilation"])
+    if op == "conv2d":
+        return getattr(numba_cpu, op)(x, w, **args), reference.conv2d(x, w, **args)
+    if op == "conv2d_input_grad":
+        return numba_cpu.conv2d_input_grad(g, w, x.shape, **args), reference.conv2d_input_grad(g, w, x.shape, **args)
+    return numba_cpu.conv2d_weight_grad(g, x, w.shape, **args), reference.conv2d_weight_grad(g, x, w.shape, **args)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(g=conv_geometry(max_size=20))
+@settings(max_examples=25, deadline=None)
+def test_every_candidate_route_computes_the_reference(op, dtype, g):
+    """Each route autotune may pick, forced one at a time, against the NumPy reference."""
+    results, real, depth = [], autotune.choose, [0]
+
+    def every_route(key, threads, candidates, run, rule, routes):
+        assert rule in routes and set(candidates) <= set(routes) and candidates
+        depth[0] += 1  # a route may run inner passes (over the phases, or flipped): only the outer one is checked
+        try:
+            mine = [(route, run(route)) for route in candidates]
+        finally:
+            depth[0] -= 1
+        if not depth[0]:
+            results.extend(mine)
+        return mine[0]
+
+    rng, x, w, _ = random_arrays(g, dtype)
+    y = reference.conv2d(x, w, g["stride"], g["padding"], g["dilation"])
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    autotune.choose = every_route
+    try:
+        _, want = _call(op, x, w, gy, g)
+    finally:
+        autotune.choose = real
+    assert results
+    tol = 2e-4 if dtype == np.float32 else 1e-10
+    for route, got in results:
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=f"{op} by route {route}")
+
+
+def test_the_fastest_route_is_kept_and_its_own_result_returned(tuning):
+    def run(route):
+        time.sleep({"slow": 0.03, "fast": 0.0, "middle": 0.01}[route])
+        return route
+
+    routes = ("slow", "fast", "middle")
+    assert autotune.choose("k", 2, list(routes), run, "slow", routes) == ("fast", "fast")
+    assert autotune.report()["measured"] == 1
+    assert autotune.choose("k", 2, list(routes), run, "slow", routes) == ("fast", "fast")  # on record now
+    assert autotune.report()["measured"] == 1
+    saved = json.load(open(autotune.report()["table"]))
+    assert saved["choices"] == {"k": "fast"} and saved["for"]["threads"] == 2
+
+
+def _conv(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 16, 40, 40)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    return x, w
+
+
+def test_a_later_process_reuses_the_table_and_computes_the_same_bits(tuning):
+    x, w = _conv()
+    first = numba_cpu.conv2d(x, w, 1, 1)
+    assert autotune.report()["measured"] == 1
+    table = autotune.report()["table"]
+    assert os.path.dirname(os.path.dirname(table)) == str(tuning)
+    autotune.forget()  # as a new process would start
+    again = numba_cpu.conv2d(x, w, 1, 1)
+    assert autotune.report()["measured"] == 0
+    assert np.array_equal(first, again)
+
+
+def test_another_cpu_or_thread_count_measures_anew(tuning, monkeypatch):
+    x, w = _conv()
+    numba_cpu.conv2d(x, w, 1, 1)
+    mine = autotune.report()["table"]
+    real = autotune.identity
+    for other in ({"cpu": "Another CPU"}, {"features": "+sse2"}, {"threads": 7}):
+        autotune.forget()
+        monkeypatch.setattr(autotune, "identity", lambda threads, other=other: {**real(threads), **other})
+        numba_cpu.conv2d(x, w, 1, 1)
+        assert autotune.report()["measured"] == 1, other
+        assert autotune.report()["table"] != mine
+    # a table whose header names another CPU is ignored even under this CPU's file name
+    monkeypatch.setattr(autotune, "identity", real)
+    saved = json.load(open(mine))
+    saved["for"]["cpu"] = "Another CPU"
+    json.dump(saved, open(mine, "w"))
+    autotune.forget()
+    numba_cpu.conv2d(x, w, 1, 1)
+    assert autotune.report()["measured"] == 1
+
+
+@pytest.mark.parametrize("poison", [b"{not json", b"[1, 2]", b'{"for": 1, "choices": []}', b"x" * (5 << 20),
+                                    "bogus route", "route that cannot run here"])
+def test_a_table_that_is_not_ours_steers_nothing(tuning, poison):
+    x = np.random.default_rng(0).standard_normal((1, 4, 12, 12))
+    w = np.random.default_rng(1).standard_normal((4, 4, 5, 5))
+    g = np.random.default_rng(2).standard_normal((1, 4, 8, 8))
+    numba_cpu.conv2d_weight_grad(g, x, w.shape, 1, 0)
+    path = autotune.report()["table"]
+    saved = json.load(open(path))
+    (key,) = [k for k in saved["choices"] if k.startswith("conv2d_weight_grad")]
+    if isinstance(poison, bytes):
+        open(path, "wb").write(poison)
+    else:  # a well-formed table whose entry names "os.system" or the tiles, which need a 3x3 kernel
+        saved["choices"][key] = "os.system" if poison == "bogus route" else "tiled"
+        json.dump(saved, open(path, "w"))
+    autotune.forget()
+    got = numba_cpu.conv2d_weight_grad(g, x, w.shape, 1, 0)
+    assert autotune.report()["measured"] == 1  # measured again instead
+    np.testing.assert_allclose(got, reference.conv2d_weight_grad(g, x, w.shape, 1, 0), rtol=1e-10, atol=1e-10)
+    assert json.load(open(path))["choices"][key] in numba_cpu.candidates(
+        "conv2d_weight_grad", x.shape, numba_cpu.conv_geometry(x.shape, 5, 1, 0), w.shape, 8)
+
+
+def test_off_and_out_of_budget_follow_the_rule(tuning, monkeypatch):
+    x, w = _conv()
+    seen = []
+    real = numba_cpu.numba_tiled.conv2d
+    monkeypatch.setattr(numba_cpu.numba_tiled, "conv2d", lambda *a: seen.append("tiled") or real(*a))
+    rule = numba_cpu.route(numba_cpu.conv_geometry(x.shape, 3, 1, 1), 16, 16)
+    autotune.set_autotune(False)
+    numba_cpu.conv2d(x, w, 1, 1)
+    assert autotune.report()["measured"] == 0 and not os.listdir(tuning)
+    assert seen == (["tiled"] if rule == "tiled" else [])
+    autotune.set_autotune(True)
+    monkeypatch.setattr(autotune, "MAX_SECONDS", 0.0)
+    seen.clear()
+    numba_cpu.conv2d(x, w, 1, 1)
+    assert autotune.report()["measured"] == 0 and seen == (["tiled"] if rule == "tiled" else [])
+
+
+def test_the_environment_switch(tmp_path):
+    probe = "from minifcn.kernels import autotune; print(autotune.enabled())"
+    for value, expected in (("0", "False"), ("off", "False"), ("1", "True")):
+        env = {**os.environ, "MINIFCN_AUTOTUNE": value}
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected
+    env = {k: v for k, v in os.environ.items() if k != "MINIFCN_AUTOTUNE"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"  # on by default

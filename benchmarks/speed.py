@@ -9,10 +9,15 @@ Sections:
    (the paper's) and in pad32 mode (no 100-pixel pad: conv1 sees 128x128 instead of 326x326);
 3. the full FCN-8s forward on one 500x375 image, each library in its own fresh process, with
    that process's peak resident memory (gradients enabled, as in training);
-4. cold start: a fresh process with an empty Numba cache, from ``python`` to the end of the
-   first training step (import and kernel compilation included);
-5. (numba) the route table: every 3x3 layer of the small net through the register-tiled kernels and
-   through the shifted GEMM (a BLAS product per kernel tap), and the route minifcn chooses.
+4. import order: the small step in a script that imports numpy before minifcn, against one that imports
+   minifcn first (fresh processes, alternating);
+5. cold start: a fresh process with an empty Numba cache and an empty autotune table, from ``python``
+   to the end of the first training step (import, kernel compilation and route measuring included);
+6. (numba) the route table: every 3x3 layer of the small net, forward+backward, through each route
+   forced (register tiles, a BLAS product per tap, im2col), and the routes autotune chose for its
+   three passes on this CPU;
+7. (numba) where the pad32 step's time goes: a profile, by function.
+The first lines name the CPU, the vector width the kernels compile to and the thread count.
 A ratio is minifcn / PyTorch: below 1 means minifcn is faster or smaller.
 """
 
@@ -37,8 +42,11 @@ sys.path.insert(0, HERE)
 CHILD = r"""
 import json, resource, sys, time
 lib, what, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if lib == "numpy-first":  # as a script that imports numpy (and so OpenBLAS) before minifcn
+    import numpy
+    lib = "minifcn"
 if lib == "minifcn":
-    import minifcn  # before numpy, as the README advises: its thread settings must be seen by OpenBLAS
+    import minifcn
 import numpy as np
 rng = np.random.default_rng(0)
 if lib == "torch":
@@ -116,10 +124,23 @@ def model_rows(args):
     return rows
 
 
+def import_order(args):
+    """Section 4: the small step with numpy imported first / minifcn first, fresh processes, alternating."""
+    env = {"MINIFCN_BACKEND": args.backend}
+    firsts, lasts = [], []
+    for _ in range(args.processes):
+        lasts.append(child("numpy-first", "small", args.threads, args.repeat + 1, env))
+        firsts.append(child("minifcn", "small", args.threads, args.repeat + 1, env))
+    a = np.median([t for r in lasts for t in r["seconds"][1:]])
+    b = np.median([t for r in firsts for t in r["seconds"][1:]])
+    return f"| small FCN-8s SGD step, pad 100 | {a:.3f} | {b:.3f} | {a / b:.2f} |"
+
+
 def cold_start(args):
-    """Section 4: a new process, an empty Numba cache, to the end of the first small training step."""
+    """Section 5: a new process, empty Numba cache and autotune table, to the end of the first small step."""
     with tempfile.TemporaryDirectory() as cache:
-        r = child("minifcn", "small", args.threads, 1, {"MINIFCN_BACKEND": args.backend, "NUMBA_CACHE_DIR": cache})
+        r = child("minifcn", "small", args.threads, 1, {"MINIFCN_BACKEND": args.backend, "NUMBA_CACHE_DIR": cache,
+                                                        "MINIFCN_CACHE_DIR": cache})
     return r["wall"], r["seconds"][0]
 
 
@@ -131,13 +152,11 @@ SMALL_NET_LAYERS = [  # (name, in, out, size at batch 8 of 128^2): pad100 sizes,
 
 
 def route_rows(repeat):
-    """Section 5: every 3x3 layer of the small FCN-8s through Numba's register tiles and through the shifted
-    GEMM (one BLAS product per kernel tap), fwd+bwd, both in this process, alternating; the last column is
-    the route minifcn picks for the forward pass."""
+    """Section 6: every 3x3 layer of the small FCN-8s, fwd+bwd, through each route forced (alternating, in
+    this process), and the routes autotune chose for the forward pass, the input and the weight gradient."""
     from minifcn import Tensor, functional as F
-    from minifcn.conv_arithmetic import conv_geometry
-    from minifcn.kernels import numba_cpu
-    rng, rows = np.random.default_rng(0), []
+    from minifcn.kernels import autotune, numba_cpu
+    rng, rows, forced = np.random.default_rng(0), [], ("tiled", "shifted", "im2col")
     for name, cin, cout, size in SMALL_NET_LAYERS:
         x = Tensor(rng.standard_normal((8, cin, size, size)).astype(np.float32), requires_grad=True)
         w = Tensor(rng.standard_normal((cout, cin, 3, 3)).astype(np.float32) * 0.1, requires_grad=True)
@@ -145,20 +164,65 @@ def route_rows(repeat):
         def step():
             y = F.conv2d(x, w, padding=1)
             y.backward(y.data)
-        times = {"tiled": [], "shifted": []}
+        times = {route: [] for route in forced}
         for _ in range(repeat + 1):
-            for route in times:
+            for route in forced:
                 numba_cpu.ROUTE = route
                 t = time.perf_counter()
                 step()
                 times[route].append(time.perf_counter() - t)
         numba_cpu.ROUTE = None
-        a, b = np.median(times["tiled"][1:]), np.median(times["shifted"][1:])
+        chosen, real = [], autotune.choose
+
+        def spy(key, *args):
+            route, result = real(key, *args)
+            chosen.append(route)
+            return route, result
+        autotune.choose = spy
+        try:
+            step()
+        finally:
+            autotune.choose = real
         flops = 3 * 2 * 8 * cin * cout * 9 * size * size  # forward, input and weight gradient
-        chosen = numba_cpu.route(conv_geometry((8, cin, size, size), 3, 1, 1), cin, cout)
-        rows.append(f"| {name} {cin}→{cout} at {size}² | {a * 1e3:.0f} ms ({flops / a / 1e9:.0f} GF/s) | "
-                    f"{b * 1e3:.0f} ms ({flops / b / 1e9:.0f} GF/s) | {a / b:.2f} | {chosen} |")
+        cells = [f"{np.median(times[r][1:]) * 1e3:.0f} ms ({flops / np.median(times[r][1:]) / 1e9:.0f} GF/s)"
+                 for r in forced]
+        dx = chosen[1] + (f" ({chosen[2]})" if chosen[1] == "flipped" else "")  # the flipped pass is a forward
+        rows.append(f"| {name} {cin}→{cout} at {size}² | " + " | ".join(cells) +
+                    f" | {chosen[0]} · {dx} · {chosen[-1]} |")
     assert minifcn.get_backend() == "numba"
+    return rows
+
+
+def profile_rows(args, what="small32", steps=10):
+    """Section 7: where one training step's time goes (cProfile, own time per function, this process)."""
+    import cProfile
+    import pstats
+    from minifcn import Tensor, functional as F, models
+    from minifcn.optim import SGD
+    minifcn.set_num_threads(args.threads)
+    model = models.build("fcn8s", width=0.125, fc_width=512, input_mode="pad32" if what == "small32" else "pad100")
+    opt = SGD(model.parameters(), 1e-3, 0.9)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 3, 128, 128)).astype(np.float32), rng.integers(0, 21, (8, 128, 128))
+
+    def step():
+        opt.zero_grad()
+        F.softmax_cross_entropy(model(Tensor(x)), y).backward()
+        opt.step()
+    step()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        step()
+    prof.disable()
+    stats = pstats.Stats(prof).stats
+    total = sum(v[2] for v in stats.values()) / steps
+    top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:15]
+    rows = [f"one step {total * 1e3:.1f} ms (profiled: cProfile adds its own overhead to Python calls)\n",
+            "| function | calls / step | own ms / step | share |", "|---|---|---|---|"]
+    for (file, line, fn), (_, calls, own, _, _) in top:
+        where = f"{os.path.basename(file)}:{line} {fn}" if line else fn
+        rows.append(f"| {where} | {calls / steps:.0f} | {own / steps * 1e3:.1f} | {100 * own / steps / total:.0f} % |")
     return rows
 
 
@@ -171,6 +235,10 @@ def main():
     p.add_argument("--skip-layers", action="store_true")
     args = p.parse_args()
     os.environ["MINIFCN_BACKEND"] = args.backend
+    from minifcn import cpu
+    from minifcn.kernels import autotune
+    print(f"CPU: {cpu.describe()}; {args.threads} threads; routes "
+          f"{'measured (autotune)' if autotune.enabled() else 'by shape (autotune off)'}")
     import layers  # noqa: E402  (reads MINIFCN_BACKEND through minifcn)
     if not args.skip_layers:
         layers.main(["--repeat", str(args.repeat), "--threads", str(args.threads), "--backend", args.backend])
@@ -179,14 +247,19 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for row in model_rows(args):
         print(row, flush=True)
+    print("\n| import order | numpy first s | minifcn first s | ratio |\n|---|---|---|---|")
+    print(import_order(args), flush=True)
+    wall, step = cold_start(args)
+    print(f"\ncold start (empty Numba cache and autotune table): {wall:.1f} s from a new process to the end of "
+          f"the first training step; the step itself {step:.1f} s")
     if args.backend == "numba":
-        print("\n| small-net layer, batch 8, fwd+bwd (numba) | register tiles | shifted GEMM | ratio | "
-              "route chosen (forward) |\n|---|---|---|---|---|")
+        print("\n| small-net layer, batch 8, fwd+bwd (numba) | register tiles | shifted GEMM | im2col | "
+              "routes chosen: forward · input grad · weight grad |\n|---|---|---|---|---|")
         for row in route_rows(args.repeat):
             print(row, flush=True)
-        wall, step = cold_start(args)
-        print(f"\ncold start (empty Numba cache): {wall:.1f} s from a new process to the end of the first "
-              f"training step; the step itself {step:.1f} s")
+        print(f"\nautotune in this process: {autotune.report()}")
+        print("\nwhere the small pad32 step's time goes:\n")
+        print("\n".join(profile_rows(args)))
 
 
 if __name__ == "__main__":

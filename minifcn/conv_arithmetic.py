@@ -18,6 +18,10 @@ from typing import NamedTuple
 
 def pair(value, name="value"):
     """(a, b) from an int or a pair of ints; anything else (2.7, "2", a triple) is refused by name."""
+    if type(value) is int:  # the common cases first: every convolution pass asks several times
+        return value, value
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        return value
     values = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
     if len(values) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")

@@ -111,7 +111,7 @@ def test_another_cpu_or_thread_count_measures_anew(tuning, monkeypatch):
     numba_cpu.conv2d(x, w, 1, 1)
     mine = autotune.report()["table"]
     real = autotune.identity
-    for other in ({"cpu": "Another CPU"}, {"features": "+sse2"}, {"threads": 7}):
+    for other in ({"cpu": "Another CPU"}, {"features": "+sse2"}, {"threads": 7}, {"code": "another version"}):
         autotune.forget()
         monkeypatch.setattr(autotune, "identity", lambda threads, other=other: {**real(threads), **other})
         numba_cpu.conv2d(x, w, 1, 1)
@@ -154,7 +154,7 @@ def test_off_and_out_of_budget_follow_the_rule(tuning, monkeypatch):
     x, w = _conv()
     seen = []
     real = numba_cpu.numba_tiled.conv2d
-    monkeypatch.setattr(numba_cpu.numba_tiled, "conv2d", lambda *a: seen.append("tiled") or real(*a))
+    monkeypatch.setattr(numba_cpu.numba_tiled, "conv2d", lambda *a, **k: seen.append("tiled") or real(*a, **k))
     rule = numba_cpu.route(numba_cpu.conv_geometry(x.shape, 3, 1, 1), 16, 16)
     autotune.set_autotune(False)
     numba_cpu.conv2d(x, w, 1, 1)

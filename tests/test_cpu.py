@@ -75,3 +75,32 @@ def test_the_numba_cache_never_serves_another_cpus_kernel(tmp_path, other):
     assert hits({}) == 0  # compiled and written to the empty cache
     assert hits({}) == 1  # the same CPU loads it
     assert hits(other) == 0  # another CPU (or feature string) compiles its own
+
+
+AVX2_PROBE = r"""
+import json, numpy as np, minifcn
+from minifcn import cpu
+from minifcn.kernels import numba_tiled, reference
+rng = np.random.default_rng(0)
+x, w = rng.standard_normal((2, 5, 13, 37)).astype(np.float32), rng.standard_normal((11, 5, 3, 3)).astype(np.float32)
+y = numba_tiled.conv2d(x, w, (1, 1), (1, 1), rows=2)
+g = rng.standard_normal(y.shape).astype(np.float32)
+dw = numba_tiled.conv2d_weight_grad(g, x, w.shape, (1, 1), (1, 1))
+print(json.dumps({"width": numba_tiled.WIDTH, "bits": cpu.vector_width(cpu.compiled_features())[0],
+                  "y": float(abs(y - reference.conv2d(x, w, 1, 1)).max()),
+                  "dw": float(abs(dw - reference.conv2d_weight_grad(g, x, w.shape, 1, 1)).max())}))
+"""
+
+
+def test_an_avx2_machine_gets_tiles_one_ymm_register_wide(tmp_path):
+    """Compiled as for a CPU without AVX-512 (this host's features, its AVX-512 ones switched off)."""
+    _, features = cpu.host()
+    if "+avx2" not in features.split(","):
+        pytest.skip("needs an x86 CPU with AVX2 to run AVX2 code; this one has none")
+    avx2 = ",".join(f"-{f[1:]}" if f.startswith("+avx512") else f for f in features.split(","))
+    env = {**_clean_env(), "NUMBA_CPU_FEATURES": avx2, "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", AVX2_PROBE], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["bits"] == 256 and report["width"] == 8
+    assert report["y"] < 1e-4 and report["dw"] < 1e-3

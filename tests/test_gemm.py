@@ -92,3 +92,13 @@ def test_products_never_wake_blas_threads_in_either_import_order(first):
     assert len(report["seen"]) >= 9  # one product per tap of the 3x3 kernel at least
     assert all(blas == [1] * len(blas) for _, blas in report["seen"])
     assert len({thread for thread, _ in report["seen"]}) == 2  # the work was shared by two threads
+
+
+@given(st.integers(1, 4), st.integers(1, 40), st.integers(1, 40), st.integers(1, 30), st.integers(0, 2**16))
+@settings(max_examples=60, deadline=None)
+def test_sum_of_products_is_the_sum_over_the_stack(N, M, L, K, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((N, M, L))
+    b = rng.standard_normal((N, K, L)).transpose(0, 2, 1)  # a transposed view, as im2col's columns are read
+    np.testing.assert_allclose(gemm.sum_of_products(a, b), sum(a[n] @ b[n] for n in range(N)), rtol=1e-12,
+                               atol=1e-12)

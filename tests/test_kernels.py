@@ -107,6 +107,24 @@ def test_convolution_ops_match_reference(module, to_device, route, dtype, g, cin
         numba_cpu.ROUTE = None
 
 
+@pytest.mark.parametrize("pixels", [8, 16])
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(g=conv_geometry(max_size=40), cin=st.sampled_from([None, 9, 24]), cout=st.sampled_from([None, 8, 20]),
+       rows=st.sampled_from([1, 2]))
+def test_every_tile_variant_matches_reference(pixels, dtype, g, cin, cout, rows):
+    """The register tiles at each width (AVX2's 8 float32 lanes, AVX-512's 16), one or two rows tall, forward
+    and 3x3 weight gradient, against the textbook; whichever width this CPU compiles by default."""
+    from minifcn.kernels import numba_tiled
+    g = dict(shaped(g, cin, cout, True), stride=(1, 1))
+    rng, x, w, _ = random_arrays(g, dtype)
+    padding, dilation = g["padding"], g["dilation"]
+    y = reference.conv2d(x, w, 1, padding, dilation)
+    close(numba_tiled.conv2d(x, w, padding, dilation, rows=rows, pixels=pixels), y, dtype)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    close(numba_tiled.conv2d_weight_grad(gy, x, w.shape, padding, dilation, pixels=pixels),
+          reference.conv2d_weight_grad(gy, x, w.shape, 1, padding, dilation), dtype)
+
+
 def shaped(g, cin, cout, square):
     """The drawn geometry with these channel counts (None: as drawn), its kernel 3x3 if ``square``."""
     if square:

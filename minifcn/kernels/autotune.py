@@ -7,7 +7,7 @@ threads) it has not met on this CPU, it runs every route that can do it, times t
 of each (the first may compile), keeps the fastest and returns that route's own result.
 
 The choices go to a small JSON table on disk, one per CPU (its name, LLVM's name for it and the
-feature string the kernels compile with) and thread count:
+feature string the kernels compile with), thread count and version of the kernels' code:
 
     $MINIFCN_CACHE_DIR/autotune/<cpu>-<threads>t.json     (default ~/.cache/minifcn)
 
@@ -51,10 +51,23 @@ def cache_dir():
 
 
 def identity(threads):
-    """What a table belongs to: this CPU, the features the kernels compile with, and the thread count."""
+    """What a table belongs to: this CPU, the features the kernels compile with, the thread count, and the
+    kernels' own code (a new version of minifcn measures again)."""
     from .. import cpu
     name, _ = cpu.host()
-    return {"cpu": cpu.model_name(), "llvm": name, "features": cpu.compiled_features(), "threads": threads}
+    return {"cpu": cpu.model_name(), "llvm": name, "features": cpu.compiled_features(), "threads": threads,
+            "code": _code_digest()}
+
+
+def _code_digest():
+    if "code" not in _state:
+        here, digest = os.path.dirname(os.path.abspath(__file__)), hashlib.sha256()
+        for name in sorted(os.listdir(here)):
+            if name.endswith(".py"):
+                with open(os.path.join(here, name), "rb") as f:
+                    digest.update(f.read())
+        _state["code"] = digest.hexdigest()[:16]
+    return _state["code"]
 
 
 def table_path(who):

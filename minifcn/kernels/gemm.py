@@ -106,3 +106,18 @@ def matmul(a, b):
         for w in waiting:
             w.result()
     return out
+
+
+def sum_of_products(a, b):
+    """sum_n a[n] @ b[n] for stacks a (N, M, L) and b (N, L, K): the weight gradient's sum over the images.
+
+    As N products and a sum, this writes N results of M x K; as one product of the images side by side,
+    [a_0 ... a_N-1] @ [b_0; ...; b_N-1], it copies both operands into that layout once. The copy is the
+    smaller cost when M > L: a thick layer on a small map (fc6 over 4 x 4 pixels: 8 results of
+    512 x 3136, 51 MB, against a 1.6 MB copy).
+    """
+    N, M, L = a.shape
+    if N == 1 or M <= L:
+        return matmul(a, b).sum(axis=0)
+    return matmul(np.ascontiguousarray(a.transpose(1, 0, 2)).reshape(M, N * L),
+                  np.ascontiguousarray(b).reshape(N * L, b.shape[2]))

@@ -94,6 +94,7 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
 
 # The convolution, by route (each tested against the reference; benchmarks/speed.py prints the table):
 #   "tiled"    -- stride 1: the register-tiled loops (numba_tiled.py), for thin layers on long rows
+#   "tiled2"   -- the forward tiles two output rows tall (only where measured faster: not in the rule)
 #   "shifted"  -- stride 1: one BLAS product per kernel tap, no im2col copy (shifted_gemm.py), when the
 #                 input has more channels than the output
 #   "im2col"   -- the textbook, with this module's im2col and col2im: 1x1 kernels (a reshape), small maps
@@ -102,7 +103,7 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
 # flipped kernel ("flipped"), itself routed as a forward pass; strided, over the phases ("subpixel").
 # Which route runs is measured once per shape on this CPU (autotune.py); the by-shape rule below decides
 # where that is off, and ROUTE forces one route wherever it can run (tests, benchmarks).
-ROUTES = ("tiled", "shifted", "im2col", "subpixel", "col2im", "flipped")
+ROUTES = ("tiled", "tiled2", "shifted", "im2col", "subpixel", "col2im", "flipped")
 ROUTE = None  # None: measured, or by shape; "tiled", "shifted" or "im2col" forces that route wherever it can run
 
 
@@ -128,7 +129,7 @@ def use_tiled(out_width, channel_product, weight_grad=False):
     layers are wide (from 256 channels BLAS is at 75-95 % of peak, and a tile's weights leave L1). The
     weight gradient keeps its 27 partial sums per lane busy only on thin layers or large maps.
     """
-    lanes_used = out_width / (-(-out_width // numba_tiled.TILE_PIXELS) * numba_tiled.TILE_PIXELS)
+    lanes_used = out_width / (-(-out_width // numba_tiled.WIDTH) * numba_tiled.WIDTH)
     if lanes_used < 0.8 or channel_product > 128 * 128:
         return False
     return not weight_grad or channel_product <= 32 * 32 or out_width >= 64
@@ -148,7 +149,7 @@ def candidates(op, input_shape, geo, w_shape, itemsize):
     if op == "conv2d_input_grad":
         ways = ["flipped"]
     else:
-        ways = ["tiled"] if op == "conv2d" or geo.kernel == (3, 3) else []
+        ways = ["tiled", "tiled2"] if op == "conv2d" else ["tiled"] if geo.kernel == (3, 3) else []
         ways.append("shifted")
     return ways + [unfold] if fits else ways
 
@@ -182,8 +183,8 @@ def conv2d(x, w, stride=1, padding=0, dilation=1):
     geo = conv_geometry(x.shape, w.shape[2:], stride, padding, dilation)
 
     def run(way):
-        if way == "tiled":
-            return numba_tiled.conv2d(x, w, geo.padding, geo.dilation)
+        if way in ("tiled", "tiled2"):
+            return numba_tiled.conv2d(x, w, geo.padding, geo.dilation, rows=2 if way == "tiled2" else 1)
         if way == "shifted":
             return shifted_gemm.conv2d(x, w, geo.padding, geo.dilation)
         if way == "subpixel":
@@ -253,7 +254,7 @@ def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1):
         if way == "subpixel":
             return subpixel.conv2d_weight_grad(g, x, w_shape, geo, conv2d_weight_grad, to_phases)
         return reference.conv2d_weight_grad(g, x, w_shape, stride, padding, dilation, unfold=im2col,
-                                            product=gemm.matmul)
+                                            sum_of_products=gemm.sum_of_products)
     return _routed("conv2d_weight_grad", x.shape, geo, w_shape, np.result_type(g.dtype, x.dtype), run)
 
 

@@ -2,20 +2,27 @@
 
 im2col + GEMM copies every activation kh*kw times, then asks BLAS for a product
 only Cout rows tall; for the 8-64 channel layers of a narrow net that runs at a
-fraction of the machine's speed. Here an output tile -- 8 output channels by 16
-neighbouring pixels of one row -- stays in registers for the whole reduction
-over input channels and kernel taps:
+fraction of the machine's speed. Here an output tile -- 8 output channels by one
+vector register of neighbouring pixels of one row -- stays in registers for the
+whole reduction over input channels and kernel taps:
 
     acc[o, p] += w[o, c, i, j] * x[c, y + i*d, x0 + p + j*d]      for every (c, i, j)
 
-One vector load of 16 input pixels feeds 8 fused multiply-adds (each with its
+One vector load of input pixels feeds 8 fused multiply-adds (each with its
 weight broadcast), and the tile is written once, at the end. The weights are
 packed so that the 8 a step needs lie side by side: ``packed[block, c, i, j, o]``.
-(At stride 1 the input gradient is itself such a convolution, of the output
-gradient with the flipped kernel; the Numba backend routes it as one.)
-The weight gradient turns the tile around: 3 output channels x 9 taps x 16
-pixel lanes of partial sums, each lane summing g[o, y, x] * x[c, y+i, x+j] over
-the batch, added across lanes at the end.
+A tile two rows tall (``rows=2``) lets each broadcast weight feed two
+multiply-adds. (At stride 1 the input gradient is itself such a convolution, of
+the output gradient with the flipped kernel; the Numba backend routes it as one.)
+The weight gradient turns the tile around: 3 output channels x 9 taps x one
+vector of pixel lanes of partial sums, each lane summing g[o, y, x] * x[c, y+i, x+j]
+over the batch, added across lanes at the end.
+
+The tile is as wide as one register holds float32 lanes: 16 pixels with AVX-512,
+8 with AVX2 (``WIDTH``, from minifcn.cpu). Its accumulators then fit the register
+file of either: 8 of AVX-512's 32 zmm (16 for two rows), 8 of AVX2's 16 ymm;
+a 16-pixel tile in ymm would need all 16. The weight gradient's tile is 8 lanes
+wide everywhere (``GRAD_WIDTH``).
 
 Getting LLVM to emit this takes three things, all visible below:
 
@@ -23,15 +30,18 @@ Getting LLVM to emit this takes three things, all visible below:
   splits into registers; a Numba ``np.empty`` lives on the heap and cannot be;
 - the loop vectoriser is off while these kernels compile: it would vectorise
   the reduction over channels instead and spill every accumulator to memory;
-- the straight-line (SLP) vectoriser is on: it packs the 16 unrolled pixel
-  updates of each output channel into one AVX-512 (or two AVX2) instructions.
+- the straight-line (SLP) vectoriser is on: it packs the unrolled pixel updates
+  of each output channel into one vector instruction.
 
-Measured on one core of the 2-core Zen 4 these were built on (sgemm peak about
-100 GFLOP/s): forward 46-97 GFLOP/s and weight gradient 40-61 on the small
-net's 8-64 channel layers, against 7-65 and 11-54 for im2col + GEMM.
+Measured with 2 threads on a 2-core Intel Xeon (LLVM: rocketlake, float32 GEMM
+peak about 314 GFLOP/s), on the small net's 3x3 layers: with AVX-512, forward
+134-199 GFLOP/s one row and 144-215 two rows 16 pixels wide, weight gradient
+95-166 at 8 lanes; compiled for AVX2 only, forward 85-128 at 8 pixels against
+65-91 at 16, weight gradient 55-73 at 8 lanes.
 """
 
 import contextlib
+import types as pytypes
 
 import numba
 import numpy as np
@@ -39,10 +49,13 @@ from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-TILE_CHANNELS, TILE_PIXELS = 8, 16  # the forward tile: 8 x 16 accumulators (8 AVX-512 registers in float32)
-GRAD_CHANNELS, GRAD_TAPS = 3, 3  # the weight-gradient tile: 3 output channels x 3x3 taps x 16 lanes
-TILE = TILE_CHANNELS * TILE_PIXELS
-GRAD_TILE = GRAD_CHANNELS * GRAD_TAPS * GRAD_TAPS * TILE_PIXELS
+TILE_CHANNELS = 8  # output channels per forward tile
+GRAD_CHANNELS, GRAD_TAPS = 3, 3  # the weight-gradient tile: 3 output channels x 3x3 taps x one vector of pixels
+WIDTHS = (8, 16)  # tile widths in pixels: one float32 register of AVX2 (ymm) or of AVX-512 (zmm)
+# The weight gradient's 27 partial sums are 8 lanes wide on every CPU: measured with 2 threads on an Intel
+# Xeon, 95-166 GFLOP/s against 80-120 for 16 lanes with AVX-512 (whose 27 zmm partial sums spill), and 55-73
+# against 38-56 with AVX2, on the small net's 3x3 layers.
+GRAD_WIDTH = 8
 
 
 @intrinsic
@@ -74,65 +87,119 @@ def straight_line_vectorizer():
         numba.config.LOOP_VECTORIZE, numba.config.SLP_VECTORIZE = saved
 
 
-@njit(parallel=True, cache=True, fastmath=True)
-def _forward(xp, packed, dh, dw, out):
-    """out[n, o, y, x] = sum_{c,i,j} w[o, c, i, j] xp[n, c, y + i*dh, x + j*dw], one tile at a time."""
-    N, C = xp.shape[0], xp.shape[1]
-    blocks, kh, kw = packed.shape[0], packed.shape[2], packed.shape[3]
-    O, OH, OW = out.shape[1], out.shape[2], out.shape[3]
-    for task in prange(N * blocks * OH):
-        n, block, y = task // (blocks * OH), (task // OH) % blocks, task % OH
-        acc = carray(stack_array(TILE, xp.dtype), (TILE,))
-        for x0 in range(0, OW, TILE_PIXELS):
-            for k in range(TILE):
+def _kernels(pixels):
+    """The tile kernels for tiles ``pixels`` wide, as closures over their constant sizes.
+
+    (Numba freezes a closure's constants into the code it compiles and keys its disk cache by them, so each
+    width compiles once per CPU.)
+    """
+    tile = TILE_CHANNELS * pixels
+    tile2 = 2 * tile
+    grad_tile = GRAD_CHANNELS * GRAD_TAPS * GRAD_TAPS * pixels
+
+    @njit(parallel=True, cache=True, fastmath=True)
+    def forward(xp, packed, dh, dw, out):
+        """out[n, o, y, x] = sum_{c,i,j} w[o, c, i, j] xp[n, c, y + i*dh, x + j*dw], one tile at a time."""
+        N, C = xp.shape[0], xp.shape[1]
+        blocks, kh, kw = packed.shape[0], packed.shape[2], packed.shape[3]
+        O, OH, OW = out.shape[1], out.shape[2], out.shape[3]
+        for task in prange(N * blocks * OH):
+            n, block, y = task // (blocks * OH), (task // OH) % blocks, task % OH
+            acc = carray(stack_array(tile, xp.dtype), (tile,))
+            for x0 in range(0, OW, pixels):
+                for k in range(tile):
+                    acc[k] = 0
+                for c in range(C):
+                    for i in range(kh):
+                        row = xp[n, c, y + i * dh]
+                        for j in range(kw):
+                            weights, start = packed[block, c, i, j], x0 + j * dw
+                            for o in range(TILE_CHANNELS):
+                                w = weights[o]
+                                for p in range(pixels):  # unsigned index: no negative-index wraparound code
+                                    acc[o * pixels + p] += w * row[np.uint64(start + p)]
+                for o in range(min(TILE_CHANNELS, O - block * TILE_CHANNELS)):
+                    for p in range(min(pixels, OW - x0)):
+                        out[n, block * TILE_CHANNELS + o, y, x0 + p] = acc[o * pixels + p]
+
+    @njit(parallel=True, cache=True, fastmath=True)
+    def forward_rows(xp, packed, dh, dw, out):
+        """The forward tile twice as tall: output rows y and y + 1 of 8 channels.
+
+        Each weight, broadcast once, feeds two multiply-adds (one per row) instead of one, so a step of 16
+        multiply-adds loads 8 weights and 2 input vectors where the one-row tile loads 16 and 2. xp needs one
+        spare row at the bottom when the number of output rows is odd.
+        """
+        N, C = xp.shape[0], xp.shape[1]
+        blocks, kh, kw = packed.shape[0], packed.shape[2], packed.shape[3]
+        O, OH, OW = out.shape[1], out.shape[2], out.shape[3]
+        pairs = (OH + 1) // 2
+        for task in prange(N * blocks * pairs):
+            n, block, y = task // (blocks * pairs), (task // pairs) % blocks, 2 * (task % pairs)
+            acc = carray(stack_array(tile2, xp.dtype), (tile2,))
+            for x0 in range(0, OW, pixels):
+                for k in range(tile2):
+                    acc[k] = 0
+                for c in range(C):
+                    for i in range(kh):
+                        upper, lower = xp[n, c, y + i * dh], xp[n, c, y + 1 + i * dh]
+                        for j in range(kw):
+                            weights, start = packed[block, c, i, j], x0 + j * dw
+                            for o in range(TILE_CHANNELS):
+                                w = weights[o]
+                                for p in range(pixels):
+                                    acc[o * pixels + p] += w * upper[np.uint64(start + p)]
+                                    acc[tile + o * pixels + p] += w * lower[np.uint64(start + p)]
+                for h in range(min(2, OH - y)):
+                    for o in range(min(TILE_CHANNELS, O - block * TILE_CHANNELS)):
+                        for p in range(min(pixels, OW - x0)):
+                            out[n, block * TILE_CHANNELS + o, y + h, x0 + p] = acc[h * tile + o * pixels + p]
+
+    # Fused multiply-adds and reordered sums, but not every fastmath flag: with all of them, this kernel
+    # computed other bits when loaded from Numba's disk cache than when just compiled, so a run resumed in a
+    # new process drifted from the run that never stopped (tests/test_backend.py checks both ways agree).
+    @njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})
+    def weight_grad_3x3(xp, gp, dh, dw, out):
+        """out[o, c, i, j] = sum_{n,y,x} gp[n, o, y, x] xp[n, c, y + i*dh, x + j*dw] for a 3x3 kernel."""
+        N, C = xp.shape[0], xp.shape[1]
+        O, OH, OWp = gp.shape[1], gp.shape[2], gp.shape[3]  # gp is zero-padded to whole tiles of pixels
+        blocks = (O + GRAD_CHANNELS - 1) // GRAD_CHANNELS
+        for task in prange(blocks * C):
+            block, c = task // C, task % C
+            acc = carray(stack_array(grad_tile, xp.dtype), (grad_tile,))
+            for k in range(grad_tile):
                 acc[k] = 0
-            for c in range(C):
-                for i in range(kh):
-                    row = xp[n, c, y + i * dh]
-                    for j in range(kw):
-                        weights, start = packed[block, c, i, j], x0 + j * dw
-                        for o in range(TILE_CHANNELS):
-                            w = weights[o]
-                            for p in range(TILE_PIXELS):  # unsigned index: no negative-index wraparound code
-                                acc[o * TILE_PIXELS + p] += w * row[np.uint64(start + p)]
-            for o in range(min(TILE_CHANNELS, O - block * TILE_CHANNELS)):
-                for p in range(min(TILE_PIXELS, OW - x0)):
-                    out[n, block * TILE_CHANNELS + o, y, x0 + p] = acc[o * TILE_PIXELS + p]
+            for n in range(N):
+                for y in range(OH):
+                    for x0 in range(0, OWp, pixels):
+                        for o in range(GRAD_CHANNELS):
+                            g = gp[n, min(block * GRAD_CHANNELS + o, O - 1), y]  # a short last block repeats
+                            for i in range(GRAD_TAPS):
+                                row = xp[n, c, y + i * dh]
+                                for j in range(GRAD_TAPS):
+                                    start = x0 + j * dw
+                                    for p in range(pixels):
+                                        acc[((o * GRAD_TAPS + i) * GRAD_TAPS + j) * pixels + p] += \
+                                            g[np.uint64(x0 + p)] * row[np.uint64(start + p)]
+            for o in range(min(GRAD_CHANNELS, O - block * GRAD_CHANNELS)):
+                for i in range(GRAD_TAPS):
+                    for j in range(GRAD_TAPS):
+                        total = acc[((o * GRAD_TAPS + i) * GRAD_TAPS + j) * pixels]
+                        for p in range(1, pixels):
+                            total += acc[((o * GRAD_TAPS + i) * GRAD_TAPS + j) * pixels + p]
+                        out[block * GRAD_CHANNELS + o, c, i, j] = total
+
+    return pytypes.SimpleNamespace(pixels=pixels, forward=forward, forward_rows=forward_rows,
+                                   weight_grad_3x3=weight_grad_3x3)
 
 
-# Fused multiply-adds and reordered sums, but not every fastmath flag: with all of them, this kernel computed
-# other bits when loaded from Numba's disk cache than when just compiled, so a run resumed in a new process
-# drifted from the run that never stopped (tests/test_backend.py checks both ways agree).
-@njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})
-def _weight_grad_3x3(xp, gp, dh, dw, out):
-    """out[o, c, i, j] = sum_{n,y,x} gp[n, o, y, x] xp[n, c, y + i*dh, x + j*dw] for a 3x3 kernel."""
-    N, C = xp.shape[0], xp.shape[1]
-    O, OH, OWp = gp.shape[1], gp.shape[2], gp.shape[3]  # gp is zero-padded to whole tiles of pixels
-    blocks = (O + GRAD_CHANNELS - 1) // GRAD_CHANNELS
-    for task in prange(blocks * C):
-        block, c = task // C, task % C
-        acc = carray(stack_array(GRAD_TILE, xp.dtype), (GRAD_TILE,))
-        for k in range(GRAD_TILE):
-            acc[k] = 0
-        for n in range(N):
-            for y in range(OH):
-                for x0 in range(0, OWp, TILE_PIXELS):
-                    for o in range(GRAD_CHANNELS):
-                        g = gp[n, min(block * GRAD_CHANNELS + o, O - 1), y]  # a short last block repeats
-                        for i in range(GRAD_TAPS):
-                            row = xp[n, c, y + i * dh]
-                            for j in range(GRAD_TAPS):
-                                start = x0 + j * dw
-                                for p in range(TILE_PIXELS):
-                                    acc[((o * GRAD_TAPS + i) * GRAD_TAPS + j) * TILE_PIXELS + p] += \
-                                        g[np.uint64(x0 + p)] * row[np.uint64(start + p)]
-        for o in range(min(GRAD_CHANNELS, O - block * GRAD_CHANNELS)):
-            for i in range(GRAD_TAPS):
-                for j in range(GRAD_TAPS):
-                    total = acc[((o * GRAD_TAPS + i) * GRAD_TAPS + j) * TILE_PIXELS]
-                    for p in range(1, TILE_PIXELS):
-                        total += acc[((o * GRAD_TAPS + i) * GRAD_TAPS + j) * TILE_PIXELS + p]
-                    out[block * GRAD_CHANNELS + o, c, i, j] = total
+KERNELS = {pixels: _kernels(pixels) for pixels in WIDTHS}
+
+
+def default_width():
+    """The tile width for this CPU: the float32 lanes of the vectors its kernels compile to (see minifcn.cpu)."""
+    from .. import cpu
+    return 16 if cpu.vector_width(cpu.compiled_features())[0] >= 512 else 8
 
 
 @njit(parallel=True, cache=True)
@@ -162,11 +229,18 @@ def _placed(x, shape, top=0, left=0):
     return out
 
 
-def _padded_input(x, padding, out_width, kernel_width, dilation):
-    """x zero-padded, and wide enough that the last tile of every row reads inside the array."""
+def _placed(x, shape, top=0, left=0):
+    out = np.empty(shape, dtype=x.dtype)
+    _place(x, top, left, out)
+    return out
+
+
+def _padded_input(x, padding, out_width, kernel_width, dilation, pixels, spare_rows=0):
+    """x zero-padded, wide enough that the last tile of every row reads inside the array, and ``spare_rows``
+    of zeros more at the bottom."""
     N, C, H, W = x.shape
-    (ph, pw), width = padding, -(-out_width // TILE_PIXELS) * TILE_PIXELS + dilation * (kernel_width - 1)
-    return _placed(x, (N, C, H + 2 * ph, max(width, W + 2 * pw)), ph, pw)
+    (ph, pw), width = padding, -(-out_width // pixels) * pixels + dilation * (kernel_width - 1)
+    return _placed(x, (N, C, H + 2 * ph + spare_rows, max(width, W + 2 * pw)), ph, pw)
 
 
 def _pack(w):
@@ -178,26 +252,33 @@ def _pack(w):
     return np.ascontiguousarray(packed.reshape((blocks, TILE_CHANNELS) + w.shape[1:]).transpose(0, 2, 3, 4, 1))
 
 
-def conv2d(x, w, padding, dilation):
-    """Stride-1 convolution, y[n, o] = sum_{c,i,j} w[o, c, i, j] x[n, c, oh - p + i*d, ow - p + j*d]."""
+def conv2d(x, w, padding, dilation, rows=1, pixels=None):
+    """Stride-1 convolution, y[n, o] = sum_{c,i,j} w[o, c, i, j] x[n, c, oh - p + i*d, ow - p + j*d], by tiles
+    of one output row or of two (``rows``), ``pixels`` wide (default: this CPU's, ``default_width``)."""
+    kernels = KERNELS[pixels or WIDTH]
     dtype = np.result_type(x.dtype, w.dtype)
     (kh, kw), (dh, dw) = w.shape[2:], dilation
     OH = x.shape[2] + 2 * padding[0] - dh * (kh - 1)
     OW = x.shape[3] + 2 * padding[1] - dw * (kw - 1)
-    xp = _padded_input(x.astype(dtype, copy=False), padding, OW, kw, dw)
+    xp = _padded_input(x.astype(dtype, copy=False), padding, OW, kw, dw, kernels.pixels, spare_rows=rows - 1)
     out = np.empty((x.shape[0], w.shape[0], OH, OW), dtype=dtype)
     with straight_line_vectorizer():
-        _forward(xp, _pack(w.astype(dtype, copy=False)), dh, dw, out)
+        (kernels.forward_rows if rows == 2 else kernels.forward)(xp, _pack(w.astype(dtype, copy=False)), dh, dw, out)
     return out
 
 
-def conv2d_weight_grad(g, x, w_shape, padding, dilation):
+def conv2d_weight_grad(g, x, w_shape, padding, dilation, pixels=GRAD_WIDTH):
     """dw[o, c, i, j] = sum_{n,y,x} g[n, o, y, x] x[n, c, y - p + i*d, x - p + j*d], for 3x3 kernels."""
+    kernels = KERNELS[pixels]
     dtype = np.result_type(x.dtype, g.dtype)
     N, O, OH, OW = g.shape
-    xp = _padded_input(x.astype(dtype, copy=False), padding, OW, 3, dilation[1])
-    gp = _placed(g.astype(dtype, copy=False), (N, O, OH, -(-OW // TILE_PIXELS) * TILE_PIXELS))  # tail lanes add 0
+    xp = _padded_input(x.astype(dtype, copy=False), padding, OW, 3, dilation[1], kernels.pixels)
+    width = -(-OW // kernels.pixels) * kernels.pixels
+    gp = _placed(g.astype(dtype, copy=False), (N, O, OH, width))  # the tail lanes add 0
     out = np.empty(w_shape, dtype=dtype)
     with straight_line_vectorizer():
-        _weight_grad_3x3(xp, gp, dilation[0], dilation[1], out)
+        kernels.weight_grad_3x3(xp, gp, dilation[0], dilation[1], out)
     return out
+
+
+WIDTH = default_width()

@@ -18,8 +18,8 @@ from ..im2col import col2im, im2col  # the reference im2col lives with its deriv
 # and the chain rule through that product gives the two gradients:
 #     dL/dcols = W^T @ g  ->  dL/dx = col2im(W^T @ g)      (col2im is im2col's adjoint)
 #     dL/dW = g @ cols^T, summed over the images
-# ``unfold``, ``fold`` and ``product`` let a backend run the same equations with its own im2col, col2im
-# and matrix product.
+# ``unfold``, ``fold``, ``product`` and ``sum_of_products`` let a backend run the same equations with its
+# own im2col, col2im and matrix products.
 
 def conv2d(x, w, stride=1, padding=0, dilation=1, unfold=im2col, product=operator.matmul):
     """y = W @ im2col(x): every output pixel is a kernel-sized patch dotted with each filter."""
@@ -35,11 +35,13 @@ def conv2d_input_grad(g, w, input_shape, stride=1, padding=0, dilation=1, fold=c
     return fold(product(w.reshape(Cout, -1).T, g.reshape(N, Cout, -1)), input_shape, w.shape[2:], stride, padding, dilation)
 
 
-def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1, unfold=im2col, product=operator.matmul):
+def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1, unfold=im2col, sum_of_products=None):
     """dL/dW = sum over images of g @ cols^T: each filter weight meets every pixel it multiplied."""
     N, Cout = g.shape[:2]
     cols = unfold(x, w_shape[2:], stride, padding, dilation)
-    return product(g.reshape(N, Cout, -1), cols.transpose(0, 2, 1)).sum(axis=0).reshape(w_shape)
+    if sum_of_products is None:
+        return (g.reshape(N, Cout, -1) @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(w_shape)
+    return sum_of_products(g.reshape(N, Cout, -1), cols.transpose(0, 2, 1)).reshape(w_shape)
 
 
 def unfolds(op, input_shape, w_shape, stride=1, padding=0, dilation=1):

@@ -22,7 +22,7 @@ routes it as one.)
 
 import numpy as np
 
-from .gemm import matmul
+from .gemm import matmul, sum_of_products
 
 
 def _flat(x, padding):
@@ -65,5 +65,5 @@ def conv2d_weight_grad(g, x, w_shape, padding, dilation):
     G = _flat_grad(g, Wp)[:, :, :L]
     dw = np.empty(w_shape, dtype=np.result_type(g.dtype, x.dtype))
     for i, j, off in _taps(w_shape[2:], dilation, Wp):
-        dw[:, :, i, j] = matmul(G, X[:, :, off: off + L].transpose(0, 2, 1)).sum(axis=0)
+        dw[:, :, i, j] = sum_of_products(G, X[:, :, off: off + L].transpose(0, 2, 1))
     return dw

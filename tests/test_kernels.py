@@ -290,3 +290,21 @@ def test_batch_norm_ops_match_reference(module, to_device, dtype, training, shap
     for a, b in zip(got, want):
         assert _host(a).dtype == dtype
         close(a, b, dtype)
+
+
+def test_the_loss_exponential_matches_numpy_to_a_few_ulp():
+    """The polynomial e^x the Numba loss vectorises, over its whole domain (x <= 0) and past its floor."""
+    from numba import njit
+
+    @njit
+    def apply(x, out):
+        for i in range(x.size):
+            out[i] = numba_cpu._exp(x[i])
+    x = np.concatenate([-np.linspace(0, 708, 700001), -np.random.default_rng(0).random(10000) * 40, [-800.0]])
+    out = np.empty_like(x)
+    apply(x, out)
+    want = np.exp(np.maximum(x, -708.0))
+    assert np.max(np.abs(out - want) / want) < 2e-15
+    nan = np.empty(1)
+    apply(np.array([np.nan]), nan)
+    assert np.isnan(nan[0])

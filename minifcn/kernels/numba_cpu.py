@@ -16,7 +16,9 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir as llvm_ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from .. import backend
 from ..conv_arithmetic import conv_geometry
@@ -486,6 +488,44 @@ def relu_backward(g, y):
 PIXEL_BLOCK = 512  # the loss works on blocks of pixels: every pass over the classes reads rows of z in order
 
 
+@intrinsic
+def _bits(typingctx, value):
+    """The IEEE-754 bits of a float64 as an int64, or the float64 with these bits: a bitcast, no conversion."""
+    if value == types.float64:
+        result, target = types.int64, llvm_ir.IntType(64)
+    elif value == types.int64:
+        result, target = types.float64, llvm_ir.DoubleType()
+    else:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], target)
+    return result(value), codegen
+
+
+EXP_SHIFT = 1.5 * 2.0 ** 52  # adding it rounds a double to an integer, kept in its low mantissa bits
+LN2_HI, LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10  # ln 2 = HI + LO, HI exact in 32 bits
+
+
+@njit(inline="always")
+def _exp(x):
+    """e^x for x <= 0 (the softmax's z - max), in plain arithmetic that LLVM vectorises (math.exp calls libm
+    once per value: the loss spent most of its time there).
+
+    e^x = 2^k e^r with k = round(x / ln 2) and |r| <= ln(2)/2, where a Taylor polynomial of degree 12 is
+    exact to about 1e-16; 2^k is built from its bits, exponent field k + 1023. Below -708 it returns
+    e^-708 (about 3e-308) instead of underflowing further.
+    """
+    x = max(x, -708.0)
+    t = x * 1.4426950408889634 + EXP_SHIFT
+    k = t - EXP_SHIFT
+    r = (x - k * LN2_HI) - k * LN2_LO
+    p = 1.0 / 479001600.0
+    for d in (39916800.0, 3628800.0, 362880.0, 40320.0, 5040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0):
+        p = p * r + 1.0 / d
+    return p * _bits((_bits(t) + 1023) << 52)
+
+
 @njit(parallel=True, cache=True)
 def _softmax_xent(z, t, weight, ignore_index, scale, loss, wsum, dz, m, total, coef):
     """Forward, when dz is empty: loss[n, p] = w[t] (log sum_k exp z[n, k, p] - z[n, t, p]), wsum[n, p] = w[t].
@@ -507,7 +547,7 @@ def _softmax_xent(z, t, weight, ignore_index, scale, loss, wsum, dz, m, total, c
                 mx[p] = max(mx[p], z[n, k, np.uint64(p0 + p)])
         for k in range(K):  # total = sum_k exp(z - max); the backward keeps each exponential in dz
             for p in range(L):
-                v = math.exp(z[n, k, np.uint64(p0 + p)] - mx[p])
+                v = _exp(z[n, k, np.uint64(p0 + p)] - mx[p])
                 tot[p] += v
                 if backward:
                     dz[n, k, np.uint64(p0 + p)] = v

@@ -48,7 +48,7 @@ def test_every_candidate_route_computes_the_reference(op, dtype, g):
     """Each route autotune may pick, forced one at a time, against the NumPy reference."""
     results, real, depth = [], autotune.choose, [0]
 
-    def every_route(key, threads, candidates, run, rule, routes):
+    def every_route(key, threads, candidates, run, rule, routes, family=""):
         assert rule in routes and set(candidates) <= set(routes) and candidates
         depth[0] += 1  # a route may run inner passes (over the phases, or flipped): only the outer one is checked
         try:

@@ -30,7 +30,7 @@ from ..atomic import write_atomically
 MAX_SECONDS = 30.0
 MAX_TABLE_BYTES = 4 << 20  # a table is a few kB; anything larger is not ours
 _state = {"enabled": None, "table": None, "path": None, "who": None, "threads": None, "routes": (), "seconds": 0.0,
-          "measured": 0, "depth": 0}
+          "measured": 0, "depth": 0, "warm": set()}
 
 
 def enabled():
@@ -120,12 +120,16 @@ def recorded(key, threads, routes):
     return _table(threads, routes).get(key)
 
 
-def choose(key, threads, candidates, run, rule, routes):
+def choose(key, threads, candidates, run, rule, routes, family=""):
     """``run(route)`` by the route on record for ``key``; else, within budget, by the fastest candidate.
 
     ``candidates``: the routes that can compute this pass here; ``rule``: the by-shape choice, used when
     autotuning is off, already spent, or there is nothing to choose; ``routes``: every route name there is
-    (what a table may contain). Returns (route, result).
+    (what a table may contain); ``family``: what a route's compiled code depends on besides its name (the
+    dtype). The first time a (route, family) runs in a process it may compile or load its kernels, so that
+    run is not timed. Then each candidate is timed twice and keeps its faster time, except one already
+    half as slow again as the best so far, which is timed once. The rule's route runs first.
+    Returns (route, result).
     """
     if not enabled() or len(candidates) < 2:
         return rule, run(rule)
@@ -135,16 +139,23 @@ def choose(key, threads, candidates, run, rule, routes):
     if _state["seconds"] >= MAX_SECONDS:
         return rule, run(rule)
     started, best = time.perf_counter(), None
+    candidates = sorted(candidates, key=lambda route: route != rule)  # the rule's likely winner sets the pace
     _state["depth"] += 1  # a route may run passes that are measured in turn (the flipped input gradient)
     try:
         for route in candidates:
-            times = []
+            if (route, family) not in _state["warm"]:
+                run(route)
+                _state["warm"].add((route, family))
+            fastest = float("inf")
             for _ in range(2):
                 t = time.perf_counter()
                 result = run(route)
-                times.append(time.perf_counter() - t)
-            if best is None or min(times) < best[0]:
-                best = (min(times), route, result)
+                fastest = min(fastest, time.perf_counter() - t)
+                if best is not None and fastest > 1.5 * best[0]:
+                    break
+            if best is None or fastest < best[0]:
+                best = (fastest, route, result)
+            del result
     finally:
         _state["depth"] -= 1
     if not _state["depth"]:

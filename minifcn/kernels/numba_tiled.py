@@ -274,7 +274,8 @@ def conv2d_weight_grad(g, x, w_shape, padding, dilation, pixels=GRAD_WIDTH):
     N, O, OH, OW = g.shape
     xp = _padded_input(x.astype(dtype, copy=False), padding, OW, 3, dilation[1], kernels.pixels)
     width = -(-OW // kernels.pixels) * kernels.pixels
-    gp = _placed(g.astype(dtype, copy=False), (N, O, OH, width))  # the tail lanes add 0
+    g = np.ascontiguousarray(g.astype(dtype, copy=False))
+    gp = g if width == OW else _placed(g, (N, O, OH, width))  # the tail lanes add 0
     out = np.empty(w_shape, dtype=dtype)
     with straight_line_vectorizer():
         kernels.weight_grad_3x3(xp, gp, dilation[0], dilation[1], out)

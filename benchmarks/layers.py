@@ -35,7 +35,7 @@ CHILD = r"""
 import json, sys, time
 lib, threads, repeat, cases = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
 if lib == "minifcn":
-    import minifcn  # before numpy, as the README advises: its thread settings must be seen by OpenBLAS
+    import minifcn
 import numpy as np
 if lib == "torch":
     import torch

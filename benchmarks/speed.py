@@ -32,7 +32,7 @@ import time
 # minifcn sets OMP_WAIT_POLICY and OPENBLAS_THREAD_TIMEOUT when imported (see minifcn/__init__.py);
 # PyTorch's processes get the environment as it was before that, so each library runs with its own defaults.
 USER_ENV = dict(os.environ)
-import minifcn  # noqa: E402  before numpy, as for users: this process runs the route table (section 5)
+import minifcn  # noqa: E402  this process runs the route table and the profile (sections 6 and 7)
 import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))

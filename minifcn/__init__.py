@@ -3,14 +3,15 @@
 import os
 
 # Threads. Numba kernels and BLAS products take turns on the same cores, so a pool that waits for more
-# work must sleep rather than spin. Both runtimes read these settings when they load -- OpenMP at Numba's
-# first parallel loop, OpenBLAS when numpy is imported -- so they are set before anything imports numpy:
-# import minifcn first, or export them yourself (a value already in the environment wins).
+# work must sleep rather than spin.
 # - Numba's OpenMP threads spun after each parallel loop: the demo's training step took 1.9 s, 1.3 s with
-#   them asleep.
-# - OpenBLAS's threads spin for 2**28 cycles (about 0.08 s) after each product; the Numba kernel that
-#   follows then runs on one core. With 2**20 (a third of a millisecond: back-to-back products still find
-#   them awake) the small FCN-8s step went from 0.57 and 0.67 s to 0.43 and 0.46 s (two runs).
+#   them asleep. OpenMP reads OMP_WAIT_POLICY at Numba's first parallel loop, after this import.
+# - OpenBLAS's threads spin for 2**28 cycles (about 0.08 s) after each product, and it reads its timeout
+#   only when numpy loads it, which may be before this import. So the Numba backend's own products never
+#   wake them (kernels/gemm.py: BLAS on one thread per piece, the pieces on a pool that sleeps), which makes
+#   the import order irrelevant to minifcn's speed. The short timeout below still helps where numpy is
+#   loaded after minifcn and other code calls BLAS between minifcn's ops.
+# A value already in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 # Under mpiexec, the ranks on one machine share its cores: each BLAS gets its share (cores / ranks),

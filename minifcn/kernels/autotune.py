@@ -3,21 +3,23 @@
 A convolution pass can run several ways (numba_cpu's routes: register tiles, a product per tap, im2col),
 and which is fastest depends on the CPU: its vector width, caches, core count. A rule written from one
 machine's measurements picks wrong on another. So, the first time a pass meets a (pass, shapes, dtype,
-threads) it has not met on this CPU, it runs every route that can do it, times the fastest of two runs
-of each (the first may compile), keeps the fastest and returns that route's own result.
+threads) it has not met on this CPU, it runs every route that can do it, times each a few times (not
+the first run in a process, which may compile), keeps the fastest and returns that route's own result.
 
 The choices go to a small JSON table on disk, one per CPU (its name, LLVM's name for it and the
 feature string the kernels compile with), thread count and version of the kernels' code:
 
-    $MINIFCN_CACHE_DIR/autotune/<cpu>-<threads>t.json     (default ~/.cache/minifcn)
+    $MINIFCN_CACHE_DIR/autotune/<LLVM's CPU name>-<digest>-<threads>t.json     (default ~/.cache/minifcn)
 
 Later processes read it and measure nothing, so a run and its resume compute with the same routes, bit
 for bit. A table that belongs to another CPU, or does not parse, or names routes that do not exist,
 is ignored entry by entry; it can neither run code nor steer a pass onto a route that cannot compute it.
 
-Measuring is bounded: at most ``budget`` seconds per process (``MAX_SECONDS``); past that the by-shape
+Measuring is bounded: at most ``MAX_SECONDS`` per process; past that the by-shape
 rule decides, unrecorded, and a later process measures the rest. ``report()`` says what was spent.
 ``minifcn.set_autotune(False)`` or ``MINIFCN_AUTOTUNE=0`` turns it off: the by-shape rule decides always.
+Deleting the folder makes the next run measure again (a choice measured while other work shared the
+cores may be a poor one).
 """
 
 import hashlib
@@ -28,6 +30,7 @@ import time
 from ..atomic import write_atomically
 
 MAX_SECONDS = 30.0
+TIMINGS = 3  # runs of a route that stays in contention; its fastest counts (a shared machine is noisy)
 MAX_TABLE_BYTES = 4 << 20  # a table is a few kB; anything larger is not ours
 _state = {"enabled": None, "table": None, "path": None, "who": None, "threads": None, "routes": (), "seconds": 0.0,
           "measured": 0, "depth": 0, "warm": set()}
@@ -127,8 +130,8 @@ def choose(key, threads, candidates, run, rule, routes, family=""):
     autotuning is off, already spent, or there is nothing to choose; ``routes``: every route name there is
     (what a table may contain); ``family``: what a route's compiled code depends on besides its name (the
     dtype). The first time a (route, family) runs in a process it may compile or load its kernels, so that
-    run is not timed. Then each candidate is timed twice and keeps its faster time, except one already
-    half as slow again as the best so far, which is timed once. The rule's route runs first.
+    run is not timed. Then each candidate is timed up to ``TIMINGS`` times and keeps its fastest, stopping
+    as soon as it is half as slow again as the best so far. The rule's route runs first.
     Returns (route, result).
     """
     if not enabled() or len(candidates) < 2:
@@ -147,7 +150,7 @@ def choose(key, threads, candidates, run, rule, routes, family=""):
                 run(route)
                 _state["warm"].add((route, family))
             fastest = float("inf")
-            for _ in range(2):
+            for _ in range(TIMINGS):
                 t = time.perf_counter()
                 result = run(route)
                 fastest = min(fastest, time.perf_counter() - t)

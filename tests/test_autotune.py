@@ -176,3 +176,37 @@ def test_the_environment_switch(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MINIFCN_AUTOTUNE"}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"  # on by default
+
+
+def test_a_run_that_measured_and_its_resume_compute_the_same_bits(tuning, data, tmp_path):
+    """The straight run measures its routes during its first steps (and keeps the winners' own results); the
+    broken run, cut off by Ctrl-C and resumed in a fresh process, reads the table: the weights agree bit for bit."""
+    import minifcn
+    import minifcn.train as trainer
+    from helpers import Interrupt
+    from minifcn.checkpoint import read_checkpoint
+    from minifcn.train import TrainConfig, train
+
+    previous = minifcn.get_backend()
+    minifcn.set_backend("numba")
+    try:
+        config = TrainConfig(data=str(data), out=str(tmp_path / "broken"), model="fcn8s", width=1 / 16, fc_width=16,
+                             input_mode="pad32", batch_size=2, crop=32, epochs=2)
+        straight = TrainConfig(**{**config.__dict__, "out": str(tmp_path / "straight")})
+        train(straight, progress=False)
+        assert autotune.report()["measured"] > 0
+        autotune.forget()
+        real = trainer.evaluate
+        trainer.evaluate = Interrupt(1, real)  # (not monkeypatch: its undo would also drop the table folder)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                train(config, progress=False)
+        finally:
+            trainer.evaluate = real
+        autotune.forget()  # as a new process would start
+        train(config, resume=True, progress=False)
+        assert autotune.report()["measured"] == 0 and autotune.report()["table"].startswith(str(tuning))
+    finally:
+        minifcn.set_backend(previous)
+    a, b = (read_checkpoint(os.path.join(c.out, "checkpoint.npz"))[1]["model"] for c in (config, straight))
+    assert all(np.array_equal(a[k], b[k]) for k in a)

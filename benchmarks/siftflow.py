@@ -133,13 +133,16 @@ def main(argv=None):
 
 def publish_best(results_dir):
     """siftflow.json/.png: the variant whose FCN-8s reaches Pinheiro & Collobert's row (pixel acc >= 77.7 and
-    mean acc >= 29.8, both: the balanced loss buys mean accuracy with pixel accuracy), else the higher mean IU."""
+    mean acc >= 29.8, both: the balanced loss buys mean accuracy with pixel accuracy), else the higher mean IU.
+    The variants are this script's and siftflow_imagenet.py's (from the Tiny ImageNet classifier)."""
     runs = {}
-    for name in ("scratch", "pretrained", "scratch-balanced", "pretrained-balanced"):
+    for name in ("scratch", "pretrained", "scratch-balanced", "pretrained-balanced", "imagenet"):
         path = os.path.join(results_dir, f"siftflow-{name}.json")
         if os.path.exists(path):
             with open(path) as f:
-                runs[name] = json.load(f)["results"]["fcn8s"]
+                fcn8s = json.load(f)["results"].get("fcn8s")
+            if fcn8s is not None:  # (siftflow_imagenet.py writes its record before every stage is done)
+                runs[name] = fcn8s
     if not runs:
         return
 
@@ -148,7 +151,7 @@ def publish_best(results_dir):
         return 100 * r["pixel_acc"] >= 77.7 and 100 * r["mean_acc"] >= 29.8, r["mean_iu"]
 
     best = max(runs, key=merit)
-    for ext in (".json", ".png", "_predictions.npz"):
+    for ext in (".json", ".png", "_predictions.npz", "_test_predictions.npz"):
         if os.path.exists(os.path.join(results_dir, f"siftflow-{best}{ext}")):
             shutil.copyfile(os.path.join(results_dir, f"siftflow-{best}{ext}"),
                             os.path.join(results_dir, f"siftflow{ext}"))

@@ -17,7 +17,9 @@ Scores are taken on the 200 test photos at their native 256 x 256, leaving out t
 from them (cow, desert, moon), as the paper does; training uses ``--size`` (default 256, native).
 Re-running resumes; ``--only`` runs some stages now. Writes ``results/siftflow-imagenet.json`` (the
 schema of ``siftflow.json``: ``results``, ``from_random``, ``pretrain``) and, once FCN-8s is done, its
-predictions for every test photo in the label files' own values (1-33).
+predictions for every test photo in the label files' own values (1-33, ``_test_predictions.npz``) and
+the figure (photo / 32s / 16s / 8s / truth). Then ``siftflow.publish_best`` makes it ``siftflow.json``
+if its FCN-8s is the best SIFT Flow run by the issue's goals.
 """
 
 import argparse
@@ -31,8 +33,10 @@ import numpy as np
 
 from minifcn import zoo
 from minifcn.data import SIFTFLOW_CLASSES, SIFTFlow
-from minifcn.experiment import evaluate_with_band, run_stages, stage
+from minifcn.experiment import evaluate_with_band, run_stages, save_predictions, stage, stage_predictions
 from minifcn.train import TrainConfig, load_checkpoint, predictions
+from minifcn.viz import prediction_grid
+from siftflow import publish_best
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.environ.get("MINIFCN_SIFTFLOW", os.path.join(HERE, "..", "..", "shared", "data", "siftflow"))
@@ -111,6 +115,13 @@ def main(argv=None):
         maps = {test.ids[i]: (pred[0] + 1).astype(np.uint8)  # the label files' values: 1-33
                 for i, (pred, _) in enumerate(predictions(model, test, batch_size=1))}
         np.savez_compressed(os.path.join(args.results, "siftflow-imagenet_test_predictions.npz"), **maps)
+        shown = [s for s in stages if s.name in ("fcn32s", "fcn16s", "fcn8s")]
+        examples = sorted(set(np.linspace(0, len(test) - 1, 5).astype(int).tolist()))
+        rows = stage_predictions(shown, test, examples)
+        save_predictions(os.path.join(args.results, "siftflow-imagenet_predictions.npz"), rows)
+        prediction_grid(rows, ["FCN-32s", "FCN-16s", "FCN-8s"], os.path.join(args.results, "siftflow-imagenet.png"),
+                        "SIFT Flow test photos, from the Tiny ImageNet classifier: FCN-32s, 16s, 8s", SIFTFLOW_CLASSES)
+        publish_best(args.results)
     for group, rows in (("from the Tiny ImageNet classifier", results), ("from random weights", from_random)):
         for name, r in rows.items():
             print(f"{group:34} {name:15} pixel acc {100 * r['pixel_acc']:.1f}  mean acc {100 * r['mean_acc']:.1f}  "

@@ -67,6 +67,11 @@ def test_the_published_siftflow_run_must_reach_both_numbers_of_the_goal_row(tmp_
     write("pretrained", 0.80, 0.30, 0.10)  # both numbers of the row: published, even at a lower mean IU
     siftflow.publish_best(str(tmp_path))
     assert (tmp_path / "siftflow.png").read_bytes() == b"pretrained"
+    write("imagenet", 0.81, 0.31, 0.20)  # siftflow_imagenet.py's run competes too, and brings its test predictions
+    (tmp_path / "siftflow-imagenet_test_predictions.npz").write_bytes(b"every test photo")
+    siftflow.publish_best(str(tmp_path))
+    assert (tmp_path / "siftflow.png").read_bytes() == b"imagenet"
+    assert (tmp_path / "siftflow_test_predictions.npz").read_bytes() == b"every test photo"
 
 
 @pytest.mark.slow
@@ -106,3 +111,9 @@ def test_a_classifier_is_shipped_and_the_siftflow_table_starts_from_it(tmp_path,
         assert sorted(maps.files) == sorted(test_ids)
         assert all(maps[k].shape == (48, 48) and maps[k].dtype == np.uint8 and 1 <= maps[k].min()
                    and maps[k].max() <= 33 for k in maps.files)
+    assert (results / "siftflow-imagenet.png").stat().st_size > 10_000
+    # the only SIFT Flow run here, so the published one: its record and its predictions of every test photo
+    assert json.loads((results / "siftflow.json").read_text()) == json.loads(
+        (results / "siftflow-imagenet.json").read_text())
+    assert (results / "siftflow_test_predictions.npz").read_bytes() == (
+        results / "siftflow-imagenet_test_predictions.npz").read_bytes()

@@ -176,6 +176,10 @@ def test_the_environment_switch(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MINIFCN_AUTOTUNE"}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"  # on by default
+    for value, expected in ((None, "False"), ("1", "True")):  # under mpiexec: off unless asked for
+        mpi = {**env, "PMI_SIZE": "2", **({"MINIFCN_AUTOTUNE": value} if value else {})}
+        out = subprocess.run([sys.executable, "-c", probe], env=mpi, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected
 
 
 def test_a_run_that_measured_and_its_resume_compute_the_same_bits(tuning, data, tmp_path):

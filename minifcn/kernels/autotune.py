@@ -19,7 +19,9 @@ Measuring is bounded: at most ``MAX_SECONDS`` per process; past that the by-shap
 rule decides, unrecorded, and a later process measures the rest. ``report()`` says what was spent.
 ``minifcn.set_autotune(False)`` or ``MINIFCN_AUTOTUNE=0`` turns it off: the by-shape rule decides always.
 Deleting the folder makes the next run measure again (a choice measured while other work shared the
-cores may be a poor one).
+cores may be a poor one). Under an MPI launcher it is off unless ``MINIFCN_AUTOTUNE=1``: ranks that measured
+at once could each keep a different choice in memory while the table on disk holds one of them, and a
+resumed run would then compute other bits than the run that never stopped.
 """
 
 import hashlib
@@ -37,8 +39,11 @@ _state = {"enabled": None, "table": None, "path": None, "who": None, "threads": 
 
 
 def enabled():
+    """On unless switched off; under an MPI launcher, off unless MINIFCN_AUTOTUNE=1 asks for it."""
     if _state["enabled"] is None:
-        _state["enabled"] = os.environ.get("MINIFCN_AUTOTUNE", "1").strip() not in ("0", "false", "no", "off")
+        from .. import launcher
+        default = "1" if launcher.launched_size() == 1 else "0"
+        _state["enabled"] = os.environ.get("MINIFCN_AUTOTUNE", default).strip() not in ("0", "false", "no", "off")
     return _state["enabled"]
 
 

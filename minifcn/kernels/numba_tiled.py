@@ -229,12 +229,6 @@ def _placed(x, shape, top=0, left=0):
     return out
 
 
-def _placed(x, shape, top=0, left=0):
-    out = np.empty(shape, dtype=x.dtype)
-    _place(x, top, left, out)
-    return out
-
-
 def _padded_input(x, padding, out_width, kernel_width, dilation, pixels, spare_rows=0):
     """x zero-padded, wide enough that the last tile of every row reads inside the array, and ``spare_rows``
     of zeros more at the bottom."""

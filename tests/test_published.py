@@ -1,5 +1,5 @@
-"""What is committed under benchmarks/results is what the code says it is: the published SIFT Flow FCN-8s
-predictions, scored against the real test labels, give the published metrics."""
+"""What is committed under benchmarks/results is what the code says it is: the SIFT Flow FCN-8s predictions
+of every test photo, scored against the real test labels, give the metrics published beside them."""
 
 import json
 import os
@@ -12,19 +12,21 @@ from minifcn.metrics import ConfusionMatrix
 
 RESULTS = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results")
 SIFTFLOW = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "siftflow")
-PREDICTIONS = os.path.join(RESULTS, "siftflow_test_predictions.npz")
+RUNS = [("siftflow.json", "siftflow_test_predictions.npz"),  # the published run
+        ("siftflow-imagenet.json", "siftflow-imagenet_test_predictions.npz")]  # from the Tiny ImageNet classifier
 
 
 @pytest.mark.skipif(not os.path.isdir(SIFTFLOW), reason="the SIFT Flow test labels are not at ../shared/data/siftflow")
-@pytest.mark.skipif(not os.path.exists(PREDICTIONS),
-                    reason="the published SIFT Flow run has no predictions of every test photo "
-                           "(siftflow_imagenet.py writes them; siftflow.py's runs do not)")
-def test_the_committed_siftflow_predictions_reproduce_the_published_metrics():
-    with open(os.path.join(RESULTS, "siftflow.json")) as f:
+@pytest.mark.parametrize("record, predictions", RUNS)
+def test_the_committed_siftflow_predictions_reproduce_the_published_metrics(record, predictions):
+    if not os.path.exists(os.path.join(RESULTS, predictions)):
+        pytest.skip(f"{predictions} is not committed: the run published as {record} kept no predictions of every "
+                    f"test photo (siftflow.py's runs do not)")
+    with open(os.path.join(RESULTS, record)) as f:
         published = json.load(f)["results"]["fcn8s"]
     test = SIFTFlow(SIFTFLOW, "test")
     matrix = ConfusionMatrix(len(SIFTFLOW_CLASSES))
-    with np.load(PREDICTIONS) as maps:
+    with np.load(os.path.join(RESULTS, predictions)) as maps:
         assert sorted(maps.files) == sorted(test.ids)
         for i, name in enumerate(test.ids):
             _, label = test[i]

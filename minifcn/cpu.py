@@ -30,7 +30,10 @@ def host():
         import llvmlite.binding as llvm
     except ImportError:
         return None, ""
-    return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+    try:
+        return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+    except RuntimeError:  # LLVM cannot read the features on some hosts: Numba then chooses for itself
+        return llvm.get_host_cpu_name(), ""
 
 
 def full_width_features(features):

@@ -104,3 +104,15 @@ def test_an_avx2_machine_gets_tiles_one_ymm_register_wide(tmp_path):
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["bits"] == 256 and report["width"] == 8
     assert report["y"] < 1e-4 and report["dw"] < 1e-3
+
+
+def test_a_host_whose_features_llvm_cannot_read_leaves_numba_alone(monkeypatch):
+    import llvmlite.binding as llvm
+
+    def unreadable():
+        raise RuntimeError("failed to get host cpu features")
+    monkeypatch.setattr(llvm, "get_host_cpu_features", unreadable)
+    monkeypatch.delenv("NUMBA_CPU_FEATURES", raising=False)
+    monkeypatch.delenv("NUMBA_CPU_NAME", raising=False)
+    assert cpu.host()[1] == "" and cpu.use_full_width() is None
+    assert "NUMBA_CPU_FEATURES" not in os.environ

@@ -106,7 +106,8 @@ def _table(threads, routes):
 
 
 def _save(key, route):
-    """Add one choice to the table on disk, merged with what other processes wrote meanwhile."""
+    """Add one choice to the table on disk, merged with what other processes wrote before (two writing at
+    the same moment may lose one entry: it is measured again next time)."""
     path, who = _state["path"], _state["who"]
     choices = {**_read(path, who, _state["routes"]), key: route}
     text = json.dumps({"for": who, "choices": choices}, indent=0, sort_keys=True)
@@ -119,13 +120,6 @@ def _save(key, route):
         write_atomically(path, write)
     except OSError:  # a read-only home: the choice holds for this process only
         pass
-
-
-def recorded(key, threads, routes):
-    """The route on record for ``key`` (a string naming pass, shapes and dtype), or None."""
-    if not enabled():
-        return None
-    return _table(threads, routes).get(key)
 
 
 def choose(key, threads, candidates, run, rule, routes, family=""):

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 
-from machine import cpu_name
 
 WORKER = r"""
 import json, sys, time
@@ -59,6 +58,7 @@ def main():
     p.add_argument("--warm", type=int, default=3, help="untimed steps first")
     p.add_argument("--cores", type=int, default=os.cpu_count(), help="C: the cores to share")
     args = p.parse_args()
+    from minifcn.cpu import model_name
     from minifcn.data import synthesize
     with tempfile.TemporaryDirectory() as tmp:
         data = synthesize(os.path.join(tmp, "data"), 16 * (args.warm + args.steps), 8, 96, progress=False)
@@ -68,7 +68,7 @@ def main():
         for _ in range(args.rounds):
             for name, (ranks, threads) in configs.items():
                 seconds[name].append(run(ranks, threads, data, os.path.join(tmp, "run"), args.warm, args.steps))
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; {args.steps} steps of the demo's FCN-8s step (batch 16, "
+    print(f"CPU: {model_name()}, {os.cpu_count()} cores; {args.steps} steps of the demo's FCN-8s step (batch 16, "
           f"64 px), medians of {args.rounds} alternating runs")
     rates = {}
     for name, values in seconds.items():

@@ -16,10 +16,10 @@ import numpy as np
 
 from minifcn import zoo
 from minifcn.checkpoint import load_classifier, read_checkpoint, save_checkpoint
+from minifcn.cpu import model_name
 from minifcn.models.vgg import VGG16_STAGES, scaled
 from minifcn.pretrain import accuracy, source
 
-from machine import cpu_name
 
 
 def main(argv=None):
@@ -50,7 +50,7 @@ def main(argv=None):
         "fc_width": config.fc_width, "input": f"{config.crop}x{config.crop} RGB, ImageNet mean and spread",
         "epochs": config.epochs, "minutes": history[-1]["seconds"] / 60, "top1": top1, "top5": top5,
         "evaluated_on": f"the {len(validation)} {config.val_split} photos",
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores", "command": args.command,
+        "machine": f"{model_name()}, {os.cpu_count()} cores", "command": args.command,
         "use": f"minifcn train --init {args.name} --fc6-kernel {config.fc6_kernel} --width {config.width:g} "
                f"--fc-width {config.fc_width} ...",
     }

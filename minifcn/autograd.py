@@ -118,7 +118,7 @@ class Tensor:
     # Operators: each builds a Function node.
     def __add__(self, other): return Add.apply(self, other)
     def __radd__(self, other): return Add.apply(other, self)
-    def __sub__(self, other): return Add.apply(self, Neg.apply(other))
+    def __sub__(self, other): return Add.apply(self, Neg.apply(other) if isinstance(other, Tensor) else -as_array(other))
     def __rsub__(self, other): return Add.apply(other, Neg.apply(self))
     def __neg__(self): return Neg.apply(self)
     def __mul__(self, other): return Mul.apply(self, other)
@@ -134,7 +134,7 @@ class Tensor:
     def sum(self, axis=None, keepdims=False): return Sum.apply(self, axis=axis, keepdims=keepdims)
 
     def mean(self, axis=None, keepdims=False):
-        count = self.data.size if axis is None else np.prod([self.shape[a] for a in np.atleast_1d(axis)])
+        count = self.data.size if axis is None else int(np.prod([self.shape[a] for a in np.atleast_1d(axis)]))
         return self.sum(axis, keepdims) * (1.0 / count)
 
     def reshape(self, *shape):
@@ -185,7 +185,7 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs, **params):
-        tensors = [as_tensor(x) for x in inputs]
+        tensors = _scalars_follow([as_tensor(x) for x in inputs], inputs)
         fn = cls()
         fn.needs_grad = [t.requires_grad for t in tensors]
         out = Tensor(fn.forward(*(t.data for t in tensors), **params))
@@ -194,6 +194,17 @@ class Function:
             out._ctx, out._node = fn, _Node(fn)
             fn.parents = [t if t._ctx is None else t._node for t in tensors]
         return out
+
+
+def _scalars_follow(tensors, inputs):
+    """A floating constant scalar (0-d) takes the floating dtype of the op's tensors, as in PyTorch: ``x * 0.5``
+    and ``x * np.float64(0.5)`` stay float32 for a float32 ``x`` (NumPy 2 would promote the second, and a
+    float64 result would double the cost of every op after it)."""
+    floating = [t.data.dtype for t, x in zip(tensors, inputs) if x is t and t.data.dtype.kind == "f"]
+    if not floating:
+        return tensors
+    return [Tensor(t.data.astype(floating[0])) if x is not t and t.data.ndim == 0 and t.data.dtype.kind == "f"
+            and t.data.dtype != floating[0] else t for t, x in zip(tensors, inputs)]
 
 
 def unbroadcast(grad, shape):

@@ -51,6 +51,21 @@ def test_float32_default_and_float64_kept():
     assert (Tensor(np.zeros(2, np.float32)) * 2.0).dtype == np.float32
 
 
+@pytest.mark.parametrize("op", [lambda t: t.mean(axis=1), lambda t: t.mean(), lambda t: t * np.float64(0.5),
+                                lambda t: np.float64(2) * t, lambda t: t + np.float64(1),
+                                lambda t: t / np.float64(3), lambda t: t - np.array(1.0)])
+def test_a_scalar_keeps_a_float32_tensor_float32(op):
+    """NumPy 2 promotes float32 * np.float64 to float64; an op's scalar constant follows the tensor instead,
+    forward and backward (a float64 gradient would double the cost of every op below it)."""
+    x = Tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    y = op(x)
+    assert y.dtype == np.float32
+    (y * y).sum().backward()
+    assert x.grad.dtype == np.float32
+    z = Tensor(np.ones(2, np.float64), requires_grad=True) * np.float32(2)  # and a float64 tensor stays float64
+    assert z.dtype == np.float64
+
+
 def test_deep_graph_does_not_hit_recursion_limit():
     x = Tensor(np.array(1.0), requires_grad=True)
     y = x

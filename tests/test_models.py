@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 
 from minifcn import Tensor, no_grad
 from minifcn.models import (FCN8s, FCN16s, FCN32s, VGGClassifier, bilinear_kernel, convolutionalize, summary)
+from minifcn import functional as F
 from minifcn.functional import conv_transpose2d
 
 TINY = dict(width=1 / 64, fc_width=8, num_classes=5)
@@ -95,6 +96,18 @@ def test_convolutionalized_classifier_equals_classifier_and_maps_larger_inputs()
     assert run(fcn, np.zeros((1, 3, 160, 128), np.float32)).shape == (1, 4, 4, 3)
     with pytest.raises(ValueError, match="built for 64x64"):
         run(clf, np.zeros((1, 3, 96, 96), np.float32))
+
+
+@pytest.mark.parametrize("head", ["flatten", "average"])
+def test_classifier_trains_in_float32(head):
+    """A float32 batch keeps the logits and every gradient float32 (the average head's mean once made them
+    float64, and the whole backward ran in double precision at twice the cost)."""
+    clf = VGGClassifier(num_classes=4, width=1 / 32, fc_width=16, input_size=64, batchnorm=True, head=head)
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    logits = clf(Tensor(x))
+    assert logits.dtype == np.float32
+    F.softmax_cross_entropy(logits, np.array([1, 3])).backward()
+    assert {p.grad.dtype for p in clf.parameters()} == {np.dtype(np.float32)}
 
 
 def test_summary_gives_the_table1_row():

@@ -58,7 +58,7 @@ def finite_float(text):
     return value
 
 
-OPTIONAL_TYPES = {"crop": int, "train_subset": int, "val_subset": int, "init": str, "image_size": int,
+OPTIONAL_TYPES = {"crop": int, "train_crop": int, "train_subset": int, "val_subset": int, "init": str, "image_size": int,
                   "learnable": boolean, "class_weights": str}
 
 # What each setting does (the default is added to each line). train and pretrain share the names.
@@ -111,6 +111,8 @@ PRETRAIN_HELP = {**HELP,
                          "scores averaged (FCN --fc6-kernel 1)",
                  "dropout": "dropout rate of fc6's and fc7's outputs",
                  "pad": "photos: reflect-pad this much and crop back at a random offset (augmentation)",
+                 "train_crop": "photos, average head: train on random crops this size (cheaper steps), "
+                               "validate on whole photos at --crop; unset: --crop",
                  "checkpoint_every": "steps between checkpoints (and one at every epoch's end)"}
 
 

@@ -139,6 +139,7 @@ class PretrainConfig:
     head: str = "flatten"  # or "average": fc layers at each pool5 pixel, scores averaged (any input size)
     dropout: float = 0.5  # of fc6's and fc7's outputs, as in VGG
     pad: int = 4  # photos: reflect-pad by this much, then crop back at a random offset
+    train_crop: int = None  # photos, average head: train on random crops this big, validate on whole photos
     optimizer: str = "adam"  # or "sgd" (with momentum)
     momentum: float = 0.9
     checkpoint_every: int = 500  # steps; the end of every epoch is saved as well
@@ -184,6 +185,10 @@ class PretrainConfig:
             raise ValueError(f"dataset must be one of {', '.join(PRETRAIN_DATASETS)}, preprocess one of "
                              f"{PREPROCESS} and optimizer adam or sgd, got {self.dataset!r}, {self.preprocess!r}, "
                              f"{self.optimizer!r}")
+        if self.train_crop is not None and not (self.dataset == "tiny-imagenet" and self.head == "average" and
+                                                _is_int(self.train_crop) and 32 <= self.train_crop <= self.crop):
+            raise ValueError(f"train-crop needs --dataset tiny-imagenet, --head average (any input size) and a "
+                             f"size from 32 to crop ({self.crop}), got {self.train_crop!r}")
         if self.crop > MAX_SIDE:
             raise ValueError(f"crop must be at most {MAX_SIDE} pixels, got {self.crop}")
         check_size(models.shapes.classifier_shapes(self.num_classes, self.width, self.fc_width, self.crop,

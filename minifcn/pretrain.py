@@ -128,7 +128,9 @@ def read_photos(dataset, side, progress):
 class Photos:
     """Batches of a classification set's photos (Tiny ImageNet) at ``crop`` x ``crop``: each photo of a
     training batch is flipped with probability 1/2 and shifted by reflect-padding ``pad`` pixels and
-    cropping back at a random offset, drawn from (seed, epoch, batch) so that a resumed run sees the same."""
+    cropping back at a random offset, drawn from (seed, epoch, batch) so that a resumed run sees the same.
+    With ``train_crop`` the training crops are that much smaller (a 56-px crop costs 3/4 of a 64-px photo)
+    while validation sees whole photos: the average head reads any size."""
 
     def __init__(self, config, split, progress=False):
         if config.preprocess != "imagenet":
@@ -151,9 +153,11 @@ class Photos:
         for k in range(self.steps):
             rows = order[k * c.batch_size: (k + 1) * c.batch_size]
             rng = np.random.default_rng([c.seed, epoch, k])
-            flips, (dy, dx) = rng.random(len(rows)) < 0.5, rng.integers(0, 2 * c.pad + 1, (2, len(rows)))
+            side = c.train_crop or c.crop
+            flips = rng.random(len(rows)) < 0.5
+            dy, dx = rng.integers(0, c.crop + 2 * c.pad - side + 1, (2, len(rows)))
             padded = np.pad(self.images[rows], ((0, 0), (c.pad, c.pad), (c.pad, c.pad), (0, 0)), mode="reflect")
-            batch = np.stack([p[y: y + c.crop, x: x + c.crop][:, ::-1 if f else 1]
+            batch = np.stack([p[y: y + side, x: x + side][:, ::-1 if f else 1]
                               for p, y, x, f in zip(padded, dy, dx, flips)])
             yield normalize_batch(batch), self.labels[rows]
 

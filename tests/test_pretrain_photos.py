@@ -26,8 +26,10 @@ def photo_config(tiny, tmp_path, **changes):
     return PretrainConfig(**{**settings, **changes})
 
 
-def test_each_training_photo_is_a_flip_and_shift_of_its_own_photo(tiny, tmp_path):
-    config = photo_config(tiny, tmp_path, pad=3)
+@pytest.mark.parametrize("train_crop", [None, 48])
+def test_each_training_photo_is_a_flip_and_shift_of_its_own_photo(tiny, tmp_path, train_crop):
+    config = photo_config(tiny, tmp_path, pad=3, train_crop=train_crop)
+    side, offsets = train_crop or 64, 64 + 6 - (train_crop or 64) + 1
     photos = Photos(config, "train")
     order = np.random.default_rng([config.seed, 1]).permutation(len(photos))
     seen = set()
@@ -36,9 +38,9 @@ def test_each_training_photo_is_a_flip_and_shift_of_its_own_photo(tiny, tmp_path
             source = photos.images[order[k * config.batch_size + j]]
             assert label == photos.labels[order[k * config.batch_size + j]]
             padded = np.pad(source, ((3, 3), (3, 3), (0, 0)), mode="reflect")
-            matches = [(dy, dx, flip) for dy in range(7) for dx in range(7) for flip in (False, True)
+            matches = [(dy, dx, flip) for dy in range(offsets) for dx in range(offsets) for flip in (False, True)
                        if np.allclose(normalize(np.ascontiguousarray(
-                           padded[dy: dy + 64, dx: dx + 64][:, ::-1 if flip else 1])), got)]
+                           padded[dy: dy + side, dx: dx + side][:, ::-1 if flip else 1])), got)]
             assert matches, f"batch {k} row {j} is no flip and shift of its photo"
             seen.add(matches[0][2])
     assert sum(len(y) for _, y in photos.epoch(1)) == len(photos) == 6
@@ -67,6 +69,17 @@ def test_photo_pretraining_logs_top5_and_resumes_mid_epoch_bit_for_bit(tiny, tmp
     assert [h["epoch"] for h in again] == [1, 2] and again[1]["loss"] == history[1]["loss"]
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert np.array_equal(a, b), name  # weights and the running batch-norm statistics
+
+
+def test_train_crop_trains_smaller_and_validates_whole_photos(tiny, tmp_path):
+    config = photo_config(tiny, tmp_path, train_crop=40, epochs=1)
+    x, _ = next(Photos(config, "train").epoch(0))
+    assert x.shape[2:] == (40, 40)
+    _, history = pretrain(config, progress=False)
+    assert 0 <= history[0]["val_accuracy"] <= 1
+    for bad in (dict(train_crop=72), dict(train_crop=16), dict(train_crop=48, head="flatten", crop=96)):
+        with pytest.raises(ValueError, match="train-crop"):
+            photo_config(tiny, tmp_path, **bad)
 
 
 def test_the_class_count_comes_from_the_data(tiny, tmp_path):

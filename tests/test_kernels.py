@@ -112,17 +112,30 @@ def test_convolution_ops_match_reference(module, to_device, route, dtype, g, cin
 @given(g=conv_geometry(max_size=40), cin=st.sampled_from([None, 9, 24]), cout=st.sampled_from([None, 8, 20]),
        rows=st.sampled_from([1, 2]))
 def test_every_tile_variant_matches_reference(pixels, dtype, g, cin, cout, rows):
-    """The register tiles at each width (AVX2's 8 float32 lanes, AVX-512's 16), one or two rows tall, forward
-    and 3x3 weight gradient, against the textbook; whichever width this CPU compiles by default."""
+    """The register tiles at each width (AVX2's 8 float32 lanes, AVX-512's 16), one or two rows tall, every
+    forward tile shape (FORWARD_TILES), and the 3x3 weight gradient, against the textbook; whichever width
+    this CPU compiles by default."""
     from minifcn.kernels import numba_tiled
     g = dict(shaped(g, cin, cout, True), stride=(1, 1))
     rng, x, w, _ = random_arrays(g, dtype)
     padding, dilation = g["padding"], g["dilation"]
     y = reference.conv2d(x, w, 1, padding, dilation)
     close(numba_tiled.conv2d(x, w, padding, dilation, rows=rows, pixels=pixels), y, dtype)
+    for channels, rows, vectors in numba_tiled.FORWARD_TILES.values():  # and the tiles of other shapes
+        close(numba_tiled.conv2d(x, w, padding, dilation, rows, pixels, channels, vectors), y, dtype)
     gy = rng.standard_normal(y.shape).astype(dtype)
     close(numba_tiled.conv2d_weight_grad(gy, x, w.shape, padding, dilation, pixels=pixels),
           reference.conv2d_weight_grad(gy, x, w.shape, 1, padding, dilation), dtype)
+
+
+def test_forward_tiles_fit_the_register_file():
+    """AVX2 (8 lanes, 16 ymm registers) tries only tiles of at most 12 accumulators, leaving registers for the
+    input vectors and the broadcast weight; AVX-512 the two 8-channel tiles measured there."""
+    from minifcn.kernels import numba_tiled
+    narrow = numba_tiled.forward_tiles(8)
+    assert "tiled2" not in narrow and {"tiled", "tiled6", "tiled4"} <= set(narrow)
+    assert all(c * r * v <= 12 for c, r, v in (numba_tiled.FORWARD_TILES[name] for name in narrow))
+    assert numba_tiled.forward_tiles(16) == ["tiled", "tiled2"]
 
 
 def shaped(g, cin, cout, square):

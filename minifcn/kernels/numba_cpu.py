@@ -105,7 +105,7 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
 # flipped kernel ("flipped"), itself routed as a forward pass; strided, over the phases ("subpixel").
 # Which route runs is measured once per shape on this CPU (autotune.py); the by-shape rule below decides
 # where that is off, and ROUTE forces one route wherever it can run (tests, benchmarks).
-ROUTES = ("tiled", "tiled2", "shifted", "im2col", "subpixel", "col2im", "flipped")
+ROUTES = ("tiled", "tiled2", "tiled6", "tiled4", "shifted", "im2col", "subpixel", "col2im", "flipped")
 ROUTE = None  # None: measured, or by shape; "tiled", "shifted" or "im2col" forces that route wherever it can run
 
 
@@ -151,7 +151,7 @@ def candidates(op, input_shape, geo, w_shape, itemsize):
     if op == "conv2d_input_grad":
         ways = ["flipped"]
     else:
-        ways = ["tiled", "tiled2"] if op == "conv2d" else ["tiled"] if geo.kernel == (3, 3) else []
+        ways = numba_tiled.forward_tiles() if op == "conv2d" else ["tiled"] if geo.kernel == (3, 3) else []
         ways.append("shifted")
     return ways + [unfold] if fits else ways
 
@@ -185,8 +185,9 @@ def conv2d(x, w, stride=1, padding=0, dilation=1):
     geo = conv_geometry(x.shape, w.shape[2:], stride, padding, dilation)
 
     def run(way):
-        if way in ("tiled", "tiled2"):
-            return numba_tiled.conv2d(x, w, geo.padding, geo.dilation, rows=2 if way == "tiled2" else 1)
+        if way in numba_tiled.FORWARD_TILES:
+            channels, rows, vectors = numba_tiled.FORWARD_TILES[way]
+            return numba_tiled.conv2d(x, w, geo.padding, geo.dilation, rows, channels=channels, vectors=vectors)
         if way == "shifted":
             return shifted_gemm.conv2d(x, w, geo.padding, geo.dilation)
         if way == "subpixel":

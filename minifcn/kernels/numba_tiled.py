@@ -87,13 +87,13 @@ def straight_line_vectorizer():
         numba.config.LOOP_VECTORIZE, numba.config.SLP_VECTORIZE = saved
 
 
-def _kernels(pixels):
-    """The tile kernels for tiles ``pixels`` wide, as closures over their constant sizes.
+def _kernels(pixels, channels=TILE_CHANNELS):
+    """The tile kernels for tiles ``pixels`` wide and ``channels`` tall, as closures over their constant sizes.
 
     (Numba freezes a closure's constants into the code it compiles and keys its disk cache by them, so each
     width compiles once per CPU.)
     """
-    tile = TILE_CHANNELS * pixels
+    tile = channels * pixels
     tile2 = 2 * tile
     grad_tile = GRAD_CHANNELS * GRAD_TAPS * GRAD_TAPS * pixels
 
@@ -114,17 +114,17 @@ def _kernels(pixels):
                         row = xp[n, c, y + i * dh]
                         for j in range(kw):
                             weights, start = packed[block, c, i, j], x0 + j * dw
-                            for o in range(TILE_CHANNELS):
+                            for o in range(channels):
                                 w = weights[o]
                                 for p in range(pixels):  # unsigned index: no negative-index wraparound code
                                     acc[o * pixels + p] += w * row[np.uint64(start + p)]
-                for o in range(min(TILE_CHANNELS, O - block * TILE_CHANNELS)):
+                for o in range(min(channels, O - block * channels)):
                     for p in range(min(pixels, OW - x0)):
-                        out[n, block * TILE_CHANNELS + o, y, x0 + p] = acc[o * pixels + p]
+                        out[n, block * channels + o, y, x0 + p] = acc[o * pixels + p]
 
     @njit(parallel=True, cache=True, fastmath=True)
     def forward_rows(xp, packed, dh, dw, out):
-        """The forward tile twice as tall: output rows y and y + 1 of 8 channels.
+        """The forward tile twice as tall: output rows y and y + 1 of the tile's channels.
 
         Each weight, broadcast once, feeds two multiply-adds (one per row) instead of one, so a step of 16
         multiply-adds loads 8 weights and 2 input vectors where the one-row tile loads 16 and 2. xp needs one
@@ -145,15 +145,15 @@ def _kernels(pixels):
                         upper, lower = xp[n, c, y + i * dh], xp[n, c, y + 1 + i * dh]
                         for j in range(kw):
                             weights, start = packed[block, c, i, j], x0 + j * dw
-                            for o in range(TILE_CHANNELS):
+                            for o in range(channels):
                                 w = weights[o]
                                 for p in range(pixels):
                                     acc[o * pixels + p] += w * upper[np.uint64(start + p)]
                                     acc[tile + o * pixels + p] += w * lower[np.uint64(start + p)]
                 for h in range(min(2, OH - y)):
-                    for o in range(min(TILE_CHANNELS, O - block * TILE_CHANNELS)):
+                    for o in range(min(channels, O - block * channels)):
                         for p in range(min(pixels, OW - x0)):
-                            out[n, block * TILE_CHANNELS + o, y + h, x0 + p] = acc[h * tile + o * pixels + p]
+                            out[n, block * channels + o, y + h, x0 + p] = acc[h * tile + o * pixels + p]
 
     # Fused multiply-adds and reordered sums, but not every fastmath flag: with all of them, this kernel
     # computed other bits when loaded from Numba's disk cache than when just compiled, so a run resumed in a
@@ -189,11 +189,36 @@ def _kernels(pixels):
                             total += acc[((o * GRAD_TAPS + i) * GRAD_TAPS + j) * pixels + p]
                         out[block * GRAD_CHANNELS + o, c, i, j] = total
 
-    return pytypes.SimpleNamespace(pixels=pixels, forward=forward, forward_rows=forward_rows,
+    return pytypes.SimpleNamespace(pixels=pixels, channels=channels, forward=forward, forward_rows=forward_rows,
                                    weight_grad_3x3=weight_grad_3x3)
 
 
 KERNELS = {pixels: _kernels(pixels) for pixels in WIDTHS}
+# The forward tiles, as (output channels, rows, vectors per row): 8 channels one vector wide, one row or
+# two; and, for AVX2's 16 registers, fewer channels over two or three vectors of a row (12 accumulators,
+# and one broadcast weight feeds 2-3 multiply-adds). Measured forward with 2 threads on an AMD Zen 3
+# (AVX2, GEMM peak about 120 GFLOP/s), batch 8: 16->16 at 163^2 67 (8 x 8 px) against 101 GFLOP/s (4 x 24);
+# 64->64 at 41^2 46 against 85 (6 x 16).
+FORWARD_TILES = {"tiled": (8, 1, 1), "tiled2": (8, 2, 1), "tiled6": (6, 1, 2), "tiled4": (4, 1, 3)}
+_SHAPED = {}
+
+
+def forward_kernels(channels, vectors, width):
+    """The kernels of a ``channels`` x (``vectors`` x ``width`` pixels) tile, made on first use."""
+    if (channels, vectors) == (TILE_CHANNELS, 1):
+        return KERNELS[width]
+    key = channels, vectors * width
+    if key not in _SHAPED:
+        _SHAPED[key] = _kernels(vectors * width, channels)
+    return _SHAPED[key]
+
+
+def forward_tiles(width=None):
+    """The forward tiles worth trying on this CPU: with 256-bit vectors (16 registers) those of at most 12
+    accumulators; with AVX-512 the two measured on an Intel Xeon (8 channels, one row or two)."""
+    if (width or WIDTH) >= 16:
+        return ["tiled", "tiled2"]
+    return [name for name, (c, r, v) in FORWARD_TILES.items() if c * r * v <= 12]
 
 
 def default_width():
@@ -237,19 +262,21 @@ def _padded_input(x, padding, out_width, kernel_width, dilation, pixels, spare_r
     return _placed(x, (N, C, H + 2 * ph + spare_rows, max(width, W + 2 * pw)), ph, pw)
 
 
-def _pack(w):
-    """(O, C, kh, kw) -> (blocks, C, kh, kw, 8): each tile's 8 output channels side by side (zeros pad the last)."""
+def _pack(w, channels=TILE_CHANNELS):
+    """(O, C, kh, kw) -> (blocks, C, kh, kw, channels): each tile's output channels side by side (zeros pad
+    the last block)."""
     O = w.shape[0]
-    blocks = -(-O // TILE_CHANNELS)
-    packed = np.zeros((blocks * TILE_CHANNELS,) + w.shape[1:], dtype=w.dtype)
+    blocks = -(-O // channels)
+    packed = np.zeros((blocks * channels,) + w.shape[1:], dtype=w.dtype)
     packed[:O] = w
-    return np.ascontiguousarray(packed.reshape((blocks, TILE_CHANNELS) + w.shape[1:]).transpose(0, 2, 3, 4, 1))
+    return np.ascontiguousarray(packed.reshape((blocks, channels) + w.shape[1:]).transpose(0, 2, 3, 4, 1))
 
 
-def conv2d(x, w, padding, dilation, rows=1, pixels=None):
+def conv2d(x, w, padding, dilation, rows=1, pixels=None, channels=TILE_CHANNELS, vectors=1):
     """Stride-1 convolution, y[n, o] = sum_{c,i,j} w[o, c, i, j] x[n, c, oh - p + i*d, ow - p + j*d], by tiles
-    of one output row or of two (``rows``), ``pixels`` wide (default: this CPU's, ``default_width``)."""
-    kernels = KERNELS[pixels or WIDTH]
+    of ``channels`` output channels and one output row or two (``rows``), ``vectors`` times ``pixels``
+    wide (default: this CPU's, ``default_width``); see FORWARD_TILES."""
+    kernels = forward_kernels(channels, vectors, pixels or WIDTH)
     dtype = np.result_type(x.dtype, w.dtype)
     (kh, kw), (dh, dw) = w.shape[2:], dilation
     OH = x.shape[2] + 2 * padding[0] - dh * (kh - 1)
@@ -257,7 +284,8 @@ def conv2d(x, w, padding, dilation, rows=1, pixels=None):
     xp = _padded_input(x.astype(dtype, copy=False), padding, OW, kw, dw, kernels.pixels, spare_rows=rows - 1)
     out = np.empty((x.shape[0], w.shape[0], OH, OW), dtype=dtype)
     with straight_line_vectorizer():
-        (kernels.forward_rows if rows == 2 else kernels.forward)(xp, _pack(w.astype(dtype, copy=False)), dh, dw, out)
+        (kernels.forward_rows if rows == 2 else kernels.forward)(xp, _pack(w.astype(dtype, copy=False), channels),
+                                                                 dh, dw, out)
     return out
 
 

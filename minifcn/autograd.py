@@ -118,7 +118,8 @@ class Tensor:
     # Operators: each builds a Function node.
     def __add__(self, other): return Add.apply(self, other)
     def __radd__(self, other): return Add.apply(other, self)
-    def __sub__(self, other): return Add.apply(self, Neg.apply(other) if isinstance(other, Tensor) else -as_array(other))
+    def __sub__(self, other):
+        return Add.apply(self, Neg.apply(other) if isinstance(other, Tensor) else -as_array(other))
     def __rsub__(self, other): return Add.apply(other, Neg.apply(self))
     def __neg__(self): return Neg.apply(self)
     def __mul__(self, other): return Mul.apply(self, other)

@@ -58,8 +58,8 @@ def finite_float(text):
     return value
 
 
-OPTIONAL_TYPES = {"crop": int, "train_crop": int, "train_subset": int, "val_subset": int, "init": str, "image_size": int,
-                  "learnable": boolean, "class_weights": str}
+OPTIONAL_TYPES = {"crop": int, "train_crop": int, "train_subset": int, "val_subset": int, "init": str,
+                  "image_size": int, "learnable": boolean, "class_weights": str}
 
 # What each setting does (the default is added to each line). train and pretrain share the names.
 HELP = {

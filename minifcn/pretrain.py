@@ -129,7 +129,7 @@ class Photos:
     """Batches of a classification set's photos (Tiny ImageNet) at ``crop`` x ``crop``: each photo of a
     training batch is flipped with probability 1/2 and shifted by reflect-padding ``pad`` pixels and
     cropping back at a random offset, drawn from (seed, epoch, batch) so that a resumed run sees the same.
-    With ``train_crop`` the training crops are that much smaller (a 56-px crop costs 3/4 of a 64-px photo)
+    With ``train_crop`` the training crops are that much smaller (a 56-px crop has 3/4 of a 64-px photo's pixels)
     while validation sees whole photos: the average head reads any size."""
 
     def __init__(self, config, split, progress=False):

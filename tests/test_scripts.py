@@ -26,7 +26,7 @@ def test_siftflow_script_pretrains_stages_and_publishes(tmp_path, monkeypatch):
     siftflow = script("siftflow", monkeypatch, MINIFCN_SIFTFLOW=root)
     results = tmp_path / "results"
     siftflow.main(["--size", "32", "--epochs", "1", "--later-epochs", "1", "--pretrain", "--pretrain-epochs", "1",
-                   "--pretrain-crop", "32", "--jobs", "1", "--out", str(tmp_path / "runs"), "--results", str(results)])
+                   "--pretrain-crop", "32", "--jobs", "1", "--out", str(tmp_path / "runs"), "--results", str(results), "--weights", "vgg16-tinyimagenet"])
     record = json.loads((results / "siftflow.json").read_text())  # the only variant run is the one published
     assert set(record["results"]) == {"fcn32s", "fcn16s", "fcn8s", "fcn32s-longer"}
     fcn8s = record["results"]["fcn8s"]
@@ -44,7 +44,7 @@ def test_table2_script_runs_every_row(tmp_path, monkeypatch):
     table2 = script("table2", monkeypatch, MINIFCN_VOC_MASKS=os.path.join(SHARED, "voc2012-masks"))
     results = tmp_path / "results"
     table2.main(["--train", "12", "--val", "6", "--size", "48", "--epochs", "1", "--later-epochs", "1",
-                 "--pretrain-epochs", "1", "--jobs", "1", "--out", str(tmp_path / "runs"), "--results", str(results)])
+                 "--pretrain-epochs", "1", "--jobs", "1", "--out", str(tmp_path / "runs"), "--results", str(results), "--weights", "vgg16-tinyimagenet"])
     record = json.loads((results / "table2.json").read_text())
     assert list(record["results"]) == ["pixelwise", "fcn32s-fixed", "fcn32s", "fcn16s", "fcn8s", "fcn32s-longer"]
     frozen = json.loads((tmp_path / "runs" / "pretrained" / "fcn32s-fixed" / "config.json").read_text())
@@ -98,11 +98,12 @@ def test_a_classifier_is_shipped_and_the_siftflow_table_starts_from_it(tmp_path,
     table = script("siftflow_imagenet", monkeypatch, MINIFCN_SIFTFLOW=root)
     results = tmp_path / "results"
     table.main(["--size", "32", "--epochs", "1", "--fixed-epochs", "1", "--later-epochs", "1", "--jobs", "1",
-                "--out", str(tmp_path / "runs"), "--results", str(results)])
+                "--out", str(tmp_path / "runs"), "--results", str(results), "--weights", "vgg16-tinyimagenet"])
     record = json.loads((results / "siftflow-imagenet.json").read_text())
     assert set(record["results"]) == {"fcn32s-fixed", "fcn32s", "fcn16s", "fcn8s", "fcn32s-control"}
     assert set(record["from_random"]) == {"fcn32s-fixed", "fcn8s"}
     assert record["pretrain"]["dataset"] == "tiny-imagenet" and record["pretrain"]["top1"] == about["top1"]
+    assert record["pretrain"]["weights"] == "vgg16-tinyimagenet"
     for row in [*record["results"].values(), *record["from_random"].values()]:
         assert all(0 <= row[k] <= 1 for k in ("pixel_acc", "mean_acc", "mean_iu", "fw_iu"))
         assert len(row["class_iu"]) == 33 and row["train_minutes"] > 0

@@ -14,20 +14,22 @@ from minifcn.weights import pretrained
 PHOTOS = os.path.join(os.path.dirname(__file__), "..", "tutorials", "photos")
 
 
-def test_vgg16_tinyimagenet_ships_with_its_classes_and_provenance():
-    about = zoo.available()["vgg16-tinyimagenet"]
+@pytest.mark.parametrize("name", ["vgg16-tinyimagenet", "vgg16-tinyimagenet-12ep"])
+def test_vgg16_tinyimagenet_ships_with_its_classes_and_provenance(name):
+    about = zoo.available()[name]
     for key in ("summary", "dataset", "command", "epochs", "minutes", "top1", "top5", "machine", "use"):
         assert key in about, key
-    classifier = pretrained("vgg16-tinyimagenet")
+    classifier = pretrained(name)
     assert not classifier.training and classifier.head == "average" and classifier.batchnorm
     assert len(classifier.classes) == len(set(classifier.classes)) == about["classes"]
     assert all(re.fullmatch(r"n\d{8}", wnid) for wnid in classifier.classes)
     assert len(classifier.names) == len(classifier.classes)
-    config, state = read_checkpoint(zoo.path_of("vgg16-tinyimagenet"), config_class=None)
+    config, state = read_checkpoint(zoo.path_of(name), config_class=None)
     history = state["meta"]["history"]
     assert len(history) == config.epochs == about["epochs"]
     assert np.isclose(history[-1]["val_accuracy"], about["top1"]) and np.isclose(history[-1]["val_top5"], about["top5"])
     assert state["optim"] == {}  # weights only: no optimiser state in the package
+    assert f"--epochs {config.epochs} " in about["command"] and f"--init {name} " in about["use"]
 
 
 def test_the_shipped_classifier_classifies_the_tutorial_photos():

@@ -26,7 +26,7 @@ def test_siftflow_script_pretrains_stages_and_publishes(tmp_path, monkeypatch):
     siftflow = script("siftflow", monkeypatch, MINIFCN_SIFTFLOW=root)
     results = tmp_path / "results"
     siftflow.main(["--size", "32", "--epochs", "1", "--later-epochs", "1", "--pretrain", "--pretrain-epochs", "1",
-                   "--pretrain-crop", "32", "--jobs", "1", "--out", str(tmp_path / "runs"), "--results", str(results), "--weights", "vgg16-tinyimagenet"])
+                   "--pretrain-crop", "32", "--jobs", "1", "--out", str(tmp_path / "runs"), "--results", str(results)])
     record = json.loads((results / "siftflow.json").read_text())  # the only variant run is the one published
     assert set(record["results"]) == {"fcn32s", "fcn16s", "fcn8s", "fcn32s-longer"}
     fcn8s = record["results"]["fcn8s"]
@@ -44,7 +44,7 @@ def test_table2_script_runs_every_row(tmp_path, monkeypatch):
     table2 = script("table2", monkeypatch, MINIFCN_VOC_MASKS=os.path.join(SHARED, "voc2012-masks"))
     results = tmp_path / "results"
     table2.main(["--train", "12", "--val", "6", "--size", "48", "--epochs", "1", "--later-epochs", "1",
-                 "--pretrain-epochs", "1", "--jobs", "1", "--out", str(tmp_path / "runs"), "--results", str(results), "--weights", "vgg16-tinyimagenet"])
+                 "--pretrain-epochs", "1", "--jobs", "1", "--out", str(tmp_path / "runs"), "--results", str(results)])
     record = json.loads((results / "table2.json").read_text())
     assert list(record["results"]) == ["pixelwise", "fcn32s-fixed", "fcn32s", "fcn16s", "fcn8s", "fcn32s-longer"]
     frozen = json.loads((tmp_path / "runs" / "pretrained" / "fcn32s-fixed" / "config.json").read_text())

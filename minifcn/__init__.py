@@ -4,10 +4,8 @@ import os
 
 # Threads. Numba kernels and BLAS products take turns on the same cores, so a pool that waits for more
 # work must sleep rather than spin.
-# - minifcn's kernels run on a pool of its own whose threads sleep on a queue (kernels/threads.py). When
-#   they ran on Numba's OpenMP threads, those spun after each parallel loop: the demo's training step took
-#   1.9 s, 1.3 s with them asleep. The setting stays for any OpenMP code in the same process (OpenMP reads
-#   OMP_WAIT_POLICY when its first parallel loop runs, after this import).
+# - Numba's OpenMP threads spun after each parallel loop: the demo's training step took 1.9 s, 1.3 s with
+#   them asleep. OpenMP reads OMP_WAIT_POLICY at Numba's first parallel loop, after this import.
 # - OpenBLAS's threads spin for 2**28 cycles (about 0.08 s) after each product, and it reads its timeout
 #   only when numpy loads it, which may be before this import. So the Numba backend's own products never
 #   wake them (kernels/gemm.py: BLAS on one thread per piece, the pieces on a pool that sleeps), which makes

@@ -8,21 +8,23 @@ the small FCN-8s step in 0.53-0.62 s instead of 0.44-0.47 s (2-core Intel Xeon).
 
 So the products here never wake OpenBLAS's own threads: BLAS is held at one thread for the duration
 of each call, and a product big enough to share is cut into one piece per thread, along the images of a
-stack, the columns or the rows of its result. Each piece is one BLAS call in a thread of the small pool
-that also runs the Numba kernels (threads.py); its threads sleep on a queue between calls, so no thread
-spins on a core the next kernel wants, whatever was imported first. Products too small to share run whole, in the calling thread.
+stack, the columns or the rows of its result. Each piece is one BLAS call in a thread of a small pool;
+the pool's threads sleep on a queue between calls, so the Numba kernels that follow find the cores free,
+whatever was imported first. Products too small to share run whole, in the calling thread.
 
 ``matmul(a, b)`` follows ``numpy.matmul`` for 2-D and 3-D operands (a stack against one matrix
 broadcasts) and is tested against it.
 """
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 
-from .threads import pool as threads_pool
-
 SHARE_FLOPS = 1 << 22  # below this a product runs whole: handing out pieces costs tens of microseconds
-_state = {"blas": None}
+_state = {"pool": None, "workers": 0, "blas": None}
+_lock = threading.Lock()
 
 
 def _blas_libraries():
@@ -49,6 +51,16 @@ class one_blas_thread:
         for lib, n in self.saved:
             if n != 1:
                 lib.set_num_threads(n)
+
+
+def _pool(workers):
+    with _lock:
+        if _state["workers"] != workers:
+            if _state["pool"] is not None:
+                _state["pool"].shutdown(wait=True)
+            _state["pool"] = ThreadPoolExecutor(workers, thread_name_prefix="minifcn-gemm") if workers else None
+            _state["workers"] = workers
+        return _state["pool"]
 
 
 def _blasable(m):
@@ -88,7 +100,7 @@ def matmul(a, b):
         if threads == 1 or flops < SHARE_FLOPS:
             return np.matmul(a, b, out=out)
         pieces = [p for p in _pieces(a, b, out, threads) if p[2].size]
-        pool = threads_pool(threads - 1)
+        pool = _pool(threads - 1)
         waiting = [pool.submit(np.matmul, pa, pb, out=po) for pa, pb, po in pieces[1:]]
         np.matmul(*pieces[0][:2], out=pieces[0][2])
         for w in waiting:

@@ -1,8 +1,7 @@
 """The ops as Numba CPU kernels: explicit loops, compiled, parallel over (image, channel) planes.
 
-A kernel loops over tasks ``begin`` to ``end`` (threads.py hands each thread a
-block of them); a task owns one (n, c) plane of its output, so no two threads
-ever write the same element and no atomics are needed. Bounds checks
+Each ``prange`` iteration owns one (n, c) plane of its output, so no two
+threads ever write the same element and no atomics are needed. Bounds checks
 replace padding: a pixel outside the image reads as 0 (convolution) or is
 skipped (max-pool), so no padded copy of the input is made.
 Compiled on first use per dtype and cached on disk (``cache=True``).
@@ -18,12 +17,12 @@ import math
 import numba
 import numpy as np
 from llvmlite import ir as llvm_ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from .. import backend
 from ..conv_arithmetic import conv_geometry
-from . import autotune, gemm, numba_tiled, reference, shifted_gemm, subpixel, threads
+from . import autotune, gemm, numba_tiled, reference, shifted_gemm, subpixel
 
 FLOAT_DTYPES = (np.float32, np.float64)  # Numba compiles no float16 arithmetic
 
@@ -36,10 +35,10 @@ def _valid_range(pad, offset, stride, size, out_size):
     return lo, max(lo, hi)
 
 
-@njit(nogil=True, cache=True)
-def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, out, begin, end):
+@njit(parallel=True, cache=True)
+def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, out):
     N, C, H, W = x.shape
-    for nc in range(begin, end):
+    for nc in prange(N * C):
         n, c = nc // C, nc % C
         for i in range(kh):
             for j in range(kw):
@@ -56,11 +55,11 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, out, begin, end):
                         row[np.uint64(ow)] = x[n, c, ih, np.uint64(ow * sw - pw + j * dw)]
 
 
-@njit(nogil=True, cache=True)
-def _col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, out, begin, end):
+@njit(parallel=True, cache=True)
+def _col2im(cols, kh, kw, sh, sw, ph, pw, dh, dw, out):
     N, C, H, W = out.shape
     OH, OW = cols.shape[4], cols.shape[5]
-    for nc in range(begin, end):
+    for nc in prange(N * C):
         n, c = nc // C, nc % C
         for i in range(kh):
             for j in range(kw):
@@ -78,8 +77,7 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
     if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
         return reference.im2col(x, kernel_size)  # the image itself: nothing to copy
     out = np.empty((N, C, kh, kw, OH, OW), dtype=x.dtype)
-    threads.run(_im2col, N * C, np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, out,
-                elements=out.size)
+    _im2col(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, out)
     return out.reshape(N, C * kh * kw, OH * OW)
 
 
@@ -92,8 +90,7 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
     if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
         return reference.col2im(cols, input_shape, kernel_size)
     out = np.zeros((N, C, H, W), dtype=cols.dtype)
-    threads.run(_col2im, N * C, np.ascontiguousarray(cols).reshape(N, C, kh, kw, OH, OW), kh, kw, sh, sw, ph, pw,
-                dh, dw, out, elements=cols.size)
+    _col2im(np.ascontiguousarray(cols).reshape(N, C, kh, kw, OH, OW), kh, kw, sh, sw, ph, pw, dh, dw, out)
     return out
 
 
@@ -264,12 +261,12 @@ def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1):
     return _routed("conv2d_weight_grad", x.shape, geo, w_shape, np.result_type(g.dtype, x.dtype), run)
 
 
-@njit(nogil=True, cache=True)
-def _to_phases(x, sh, sw, ph, pw, out, begin, end):
+@njit(parallel=True, cache=True)
+def _to_phases(x, sh, sw, ph, pw, out):
     """out[n, (r*sw + q)*C + c, u, v] = x[n, c, u*sh + r - ph, v*sw + q - pw], 0 outside x."""
     N, C, H, W = x.shape
     U, V = out.shape[2], out.shape[3]
-    for nc in range(begin, end):
+    for nc in prange(N * C):
         n, c = nc // C, nc % C
         for r in range(sh):
             for q in range(sw):
@@ -286,12 +283,12 @@ def _to_phases(x, sh, sw, ph, pw, out, begin, end):
                         row[np.uint64(v)] = x[n, c, h, np.uint64(v * sw + q - pw)]
 
 
-@njit(nogil=True, cache=True)
-def _from_phases(phases, sh, sw, ph, pw, out, begin, end):
+@njit(parallel=True, cache=True)
+def _from_phases(phases, sh, sw, ph, pw, out):
     """The inverse: out[n, c, u*sh + r - ph, v*sw + q - pw] = phases[n, (r*sw + q)*C + c, u, v]."""
     N, C, H, W = out.shape
     U, V = phases.shape[2], phases.shape[3]
-    for nc in range(begin, end):
+    for nc in prange(N * C):
         n, c = nc // C, nc % C
         for h in range(H):
             u, r = (h + ph) // sh, (h + ph) % sh
@@ -310,21 +307,19 @@ def _from_phases(phases, sh, sw, ph, pw, out, begin, end):
 def to_phases(x, geo):
     """subpixel.space_to_depth in one pass."""
     out = np.empty(subpixel.phase_shape(geo, x.shape), dtype=x.dtype)
-    threads.run(_to_phases, x.shape[0] * x.shape[1], np.ascontiguousarray(x), *geo.stride, *geo.padding, out,
-                elements=out.size)
+    _to_phases(np.ascontiguousarray(x), *geo.stride, *geo.padding, out)
     return out
 
 
 def from_phases(phases, geo, input_shape):
     """subpixel.depth_to_space in one pass."""
     out = np.empty(input_shape, dtype=phases.dtype)
-    threads.run(_from_phases, out.shape[0] * out.shape[1], np.ascontiguousarray(phases), *geo.stride,
-                *geo.padding, out, elements=out.size)
+    _from_phases(np.ascontiguousarray(phases), *geo.stride, *geo.padding, out)
     return out
 
 
-@njit(nogil=True, cache=True)
-def _max_pool(x, kh, kw, sh, sw, ph, pw, y, argmax, begin, end):
+@njit(parallel=True, cache=True)
+def _max_pool(x, kh, kw, sh, sw, ph, pw, y, argmax):
     """Taps in order: the first maximum wins, a NaN beats numbers, padding never wins (as in PyTorch).
 
     The taps are the outer loops and a row of outputs the inner one, with no bounds tests and selects
@@ -332,7 +327,7 @@ def _max_pool(x, kh, kw, sh, sw, ph, pw, y, argmax, begin, end):
     means "no real input seen yet": a window has at most 256 places, and place 255 is its last."""
     N, C, H, W = x.shape
     OH, OW = y.shape[2], y.shape[3]
-    for nc in range(begin, end):
+    for nc in prange(N * C):
         n, c = nc // C, nc % C
         for oh in range(OH):
             best, where = y[n, c, oh], argmax[n, c, oh]
@@ -354,11 +349,11 @@ def _max_pool(x, kh, kw, sh, sw, ph, pw, y, argmax, begin, end):
                         where[at] = k if take else w
 
 
-@njit(nogil=True, cache=True)
-def _max_pool_backward(g, argmax, kw, sh, sw, ph, pw, dx, begin, end):
+@njit(parallel=True, cache=True)
+def _max_pool_backward(g, argmax, kw, sh, sw, ph, pw, dx):
     N, C, H, W = dx.shape
     OH, OW = g.shape[2], g.shape[3]
-    for nc in range(begin, end):
+    for nc in prange(N * C):
         n, c = nc // C, nc % C
         for oh in range(OH):
             for ow in range(OW):
@@ -369,24 +364,22 @@ def _max_pool_backward(g, argmax, kw, sh, sw, ph, pw, dx, begin, end):
 def max_pool(x, kernel, stride, padding, out_hw):
     y = np.empty(x.shape[:2] + tuple(out_hw), dtype=x.dtype)
     argmax = np.empty(y.shape, dtype=np.uint8)
-    threads.run(_max_pool, x.shape[0] * x.shape[1], np.ascontiguousarray(x), *kernel, *stride, *padding, y, argmax,
-                elements=x.size)
+    _max_pool(np.ascontiguousarray(x), *kernel, *stride, *padding, y, argmax)
     return y, argmax
 
 
 def max_pool_backward(g, argmax, x_shape, kernel, stride, padding):
     dx = np.zeros(x_shape, dtype=g.dtype)
-    threads.run(_max_pool_backward, g.shape[0] * g.shape[1], np.ascontiguousarray(g), argmax, kernel[1], *stride,
-                *padding, dx, elements=g.size)
+    _max_pool_backward(np.ascontiguousarray(g), argmax, kernel[1], *stride, *padding, dx)
     return dx
 
 
-@njit(nogil=True, cache=True)
-def _bn_stats(x, mean, var, begin, end):
+@njit(parallel=True, cache=True)
+def _bn_stats(x, mean, var):
     """Two passes per channel, summed in float64: the mean, then the squared deviations from it."""
     N, C, H, W = x.shape
     m = N * H * W
-    for c in range(begin, end):
+    for c in prange(C):
         total = 0.0
         for n in range(N):
             for i in range(H):
@@ -402,10 +395,10 @@ def _bn_stats(x, mean, var, begin, end):
         mean[c], var[c] = mu, spread / m
 
 
-@njit(nogil=True, cache=True)
-def _bn_forward(x, mean, invstd, gamma, beta, y, xhat, begin, end):
+@njit(parallel=True, cache=True)
+def _bn_forward(x, mean, invstd, gamma, beta, y, xhat):
     N, C, H, W = x.shape
-    for nc in range(begin, end):
+    for nc in prange(N * C):
         n, c = nc // C, nc % C
         mu, s, a, b = mean[c], invstd[c], gamma[c], beta[c]
         for i in range(H):
@@ -415,10 +408,10 @@ def _bn_forward(x, mean, invstd, gamma, beta, y, xhat, begin, end):
                 y[n, c, i, j] = v * a + b
 
 
-@njit(nogil=True, cache=True)
-def _bn_sums(g, xhat, dgamma, dbeta, begin, end):
+@njit(parallel=True, cache=True)
+def _bn_sums(g, xhat, dgamma, dbeta):
     N, C, H, W = g.shape
-    for c in range(begin, end):
+    for c in prange(C):
         sg, sgx = 0.0, 0.0
         for n in range(N):
             for i in range(H):
@@ -428,10 +421,10 @@ def _bn_sums(g, xhat, dgamma, dbeta, begin, end):
         dgamma[c], dbeta[c] = sgx, sg
 
 
-@njit(nogil=True, cache=True)
-def _bn_backward(g, xhat, scale, mean_g, mean_gx, dx, begin, end):
+@njit(parallel=True, cache=True)
+def _bn_backward(g, xhat, scale, mean_g, mean_gx, dx):
     N, C, H, W = g.shape
-    for nc in range(begin, end):
+    for nc in prange(N * C):
         n, c = nc // C, nc % C
         s, a, b = scale[c], mean_g[c], mean_gx[c]
         for i in range(H):
@@ -442,7 +435,7 @@ def _bn_backward(g, xhat, scale, mean_g, mean_gx, dx, begin, end):
 def batch_norm_stats(x):
     x = np.ascontiguousarray(x)
     mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
-    threads.run(_bn_stats, x.shape[1], x, mean, var, elements=x.size)
+    _bn_stats(x, mean, var)
     return mean.astype(x.dtype), var.astype(x.dtype)
 
 
@@ -450,7 +443,7 @@ def batch_norm_forward(x, mean, invstd, gamma, beta):
     x = np.ascontiguousarray(x)
     y, xhat = np.empty_like(x), np.empty_like(x)
     as_x = [np.ascontiguousarray(v, dtype=x.dtype) for v in (mean, invstd, gamma, beta)]
-    threads.run(_bn_forward, x.shape[0] * x.shape[1], x, *as_x, y, xhat, elements=x.size)
+    _bn_forward(x, *as_x, y, xhat)
     return y, xhat
 
 
@@ -458,39 +451,38 @@ def batch_norm_backward(g, xhat, gamma, invstd, training):
     g, xhat = np.ascontiguousarray(g), np.ascontiguousarray(xhat, dtype=g.dtype)
     C, m = g.shape[1], g.size // g.shape[1]
     dgamma, dbeta = np.empty(C), np.empty(C)
-    threads.run(_bn_sums, C, g, xhat, dgamma, dbeta, elements=g.size)
+    _bn_sums(g, xhat, dgamma, dbeta)
     scale = np.asarray(gamma * invstd, dtype=g.dtype)
     zero = np.zeros(C, g.dtype)
     mean_g, mean_gx = ((dbeta / m).astype(g.dtype), (dgamma / m).astype(g.dtype)) if training else (zero, zero)
     dx = np.empty_like(g)
-    threads.run(_bn_backward, g.shape[0] * C, g, xhat, scale, mean_g, mean_gx, dx, elements=g.size)
+    _bn_backward(g, xhat, scale, mean_g, mean_gx, dx)
     return dx, dgamma.astype(g.dtype), dbeta.astype(g.dtype)
 
 
-@njit(nogil=True, cache=True)
-def _relu(x, y, begin, end):
-    for k in range(begin, end):
+@njit(parallel=True, cache=True)
+def _relu(x, y):
+    for k in prange(x.size):
         v = x[k]
         y[k] = 0 if v <= 0 else v  # NaN stays NaN, as in np.maximum
 
 
-@njit(nogil=True, cache=True)
-def _relu_backward(g, y, dx, begin, end):
-    for k in range(begin, end):
+@njit(parallel=True, cache=True)
+def _relu_backward(g, y, dx):
+    for k in prange(g.size):
         dx[k] = g[k] if y[k] > 0 else 0
 
 
 def relu(x):
     x = np.ascontiguousarray(x)
     y = np.empty_like(x)
-    threads.run(_relu, x.size, x.reshape(-1), y.reshape(-1), elements=x.size)
+    _relu(x.reshape(-1), y.reshape(-1))
     return y
 
 
 def relu_backward(g, y):
     dx = np.empty_like(g, order="C")
-    threads.run(_relu_backward, g.size, np.ascontiguousarray(g).reshape(-1), np.ascontiguousarray(y).reshape(-1),
-                dx.reshape(-1), elements=g.size)
+    _relu_backward(np.ascontiguousarray(g).reshape(-1), np.ascontiguousarray(y).reshape(-1), dx.reshape(-1))
     return dx
 
 
@@ -535,8 +527,8 @@ def _exp(x):
     return p * _bits((_bits(t) + 1023) << 52)
 
 
-@njit(nogil=True, cache=True)
-def _softmax_xent(z, t, weight, ignore_index, scale, loss, wsum, dz, m, total, coef, begin, end):
+@njit(parallel=True, cache=True)
+def _softmax_xent(z, t, weight, ignore_index, scale, loss, wsum, dz, m, total, coef):
     """Forward, when dz is empty: loss[n, p] = w[t] (log sum_k exp z[n, k, p] - z[n, t, p]), wsum[n, p] = w[t].
     Backward, when dz has z's shape: dz[n, k, p] = scale w[t] (softmax(z[n, :, p])_k - [k == t]).
     Both 0 where t is ignored. Pixels run in blocks, classes outside and pixels inside, so the passes over z
@@ -545,7 +537,7 @@ def _softmax_xent(z, t, weight, ignore_index, scale, loss, wsum, dz, m, total, c
     N, K, P = z.shape
     backward = dz.shape[0] > 0
     blocks = (P + PIXEL_BLOCK - 1) // PIXEL_BLOCK
-    for task in range(begin, end):
+    for task in prange(N * blocks):
         n, p0 = task // blocks, (task % blocks) * PIXEL_BLOCK
         L = min(PIXEL_BLOCK, P - p0)
         mx, tot, cf = m[task], total[task], coef[task]
@@ -584,17 +576,15 @@ def _loss_scratch(z):
 
 def softmax_xent(z, t, weight, ignore_index):
     N, K, P = z.shape
-    loss, wsum, scratch = np.empty((N, P), np.float64), np.empty((N, P), np.float64), _loss_scratch(z)
-    threads.run(_softmax_xent, len(scratch[0]), np.ascontiguousarray(z), np.ascontiguousarray(t),
-                weight.astype(np.float64), ignore_index, 1.0, loss, wsum, np.empty((0, K, P), z.dtype), *scratch,
-                elements=z.size)
+    loss, wsum = np.empty((N, P), np.float64), np.empty((N, P), np.float64)
+    _softmax_xent(np.ascontiguousarray(z), np.ascontiguousarray(t), weight.astype(np.float64), ignore_index, 1.0,
+                  loss, wsum, np.empty((0, K, P), z.dtype), *_loss_scratch(z))
     return z.dtype.type(loss.sum()), z.dtype.type(wsum.sum())
 
 
 def softmax_xent_backward(z, t, weight, ignore_index, scale):
     P = z.shape[2]
-    dz, scratch = np.empty(z.shape, dtype=z.dtype), _loss_scratch(z)
-    threads.run(_softmax_xent, len(scratch[0]), np.ascontiguousarray(z), np.ascontiguousarray(t),
-                weight.astype(np.float64), ignore_index, float(scale), np.empty((0, P)), np.empty((0, P)), dz,
-                *scratch, elements=z.size)
+    dz = np.empty(z.shape, dtype=z.dtype)
+    _softmax_xent(np.ascontiguousarray(z), np.ascontiguousarray(t), weight.astype(np.float64), ignore_index,
+                  float(scale), np.empty((0, P)), np.empty((0, P)), dz, *_loss_scratch(z))
     return dz

@@ -45,11 +45,9 @@ import types as pytypes
 
 import numba
 import numpy as np
-from numba import carray, njit, types
+from numba import carray, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
-
-from . import threads
 
 TILE_CHANNELS = 8  # output channels per forward tile
 GRAD_CHANNELS, GRAD_TAPS = 3, 3  # the weight-gradient tile: 3 output channels x 3x3 taps x one vector of pixels
@@ -99,13 +97,13 @@ def _kernels(pixels, channels=TILE_CHANNELS):
     tile2 = 2 * tile
     grad_tile = GRAD_CHANNELS * GRAD_TAPS * GRAD_TAPS * pixels
 
-    @njit(nogil=True, cache=True, fastmath=True)
-    def forward(xp, packed, dh, dw, out, begin, end):
+    @njit(parallel=True, cache=True, fastmath=True)
+    def forward(xp, packed, dh, dw, out):
         """out[n, o, y, x] = sum_{c,i,j} w[o, c, i, j] xp[n, c, y + i*dh, x + j*dw], one tile at a time."""
         N, C = xp.shape[0], xp.shape[1]
         blocks, kh, kw = packed.shape[0], packed.shape[2], packed.shape[3]
         O, OH, OW = out.shape[1], out.shape[2], out.shape[3]
-        for task in range(begin, end):
+        for task in prange(N * blocks * OH):
             n, block, y = task // (blocks * OH), (task // OH) % blocks, task % OH
             acc = carray(stack_array(tile, xp.dtype), (tile,))
             for x0 in range(0, OW, pixels):
@@ -124,8 +122,8 @@ def _kernels(pixels, channels=TILE_CHANNELS):
                     for p in range(min(pixels, OW - x0)):
                         out[n, block * channels + o, y, x0 + p] = acc[o * pixels + p]
 
-    @njit(nogil=True, cache=True, fastmath=True)
-    def forward_rows(xp, packed, dh, dw, out, begin, end):
+    @njit(parallel=True, cache=True, fastmath=True)
+    def forward_rows(xp, packed, dh, dw, out):
         """The forward tile twice as tall: output rows y and y + 1 of the tile's channels.
 
         Each weight, broadcast once, feeds two multiply-adds (one per row) instead of one, so a step of 16
@@ -136,7 +134,7 @@ def _kernels(pixels, channels=TILE_CHANNELS):
         blocks, kh, kw = packed.shape[0], packed.shape[2], packed.shape[3]
         O, OH, OW = out.shape[1], out.shape[2], out.shape[3]
         pairs = (OH + 1) // 2
-        for task in range(begin, end):
+        for task in prange(N * blocks * pairs):
             n, block, y = task // (blocks * pairs), (task // pairs) % blocks, 2 * (task % pairs)
             acc = carray(stack_array(tile2, xp.dtype), (tile2,))
             for x0 in range(0, OW, pixels):
@@ -160,13 +158,13 @@ def _kernels(pixels, channels=TILE_CHANNELS):
     # Fused multiply-adds and reordered sums, but not every fastmath flag: with all of them, this kernel
     # computed other bits when loaded from Numba's disk cache than when just compiled, so a run resumed in a
     # new process drifted from the run that never stopped (tests/test_backend.py checks both ways agree).
-    @njit(nogil=True, cache=True, fastmath={"contract", "reassoc"})
-    def weight_grad_3x3(xp, gp, dh, dw, out, begin, end):
+    @njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})
+    def weight_grad_3x3(xp, gp, dh, dw, out):
         """out[o, c, i, j] = sum_{n,y,x} gp[n, o, y, x] xp[n, c, y + i*dh, x + j*dw] for a 3x3 kernel."""
         N, C = xp.shape[0], xp.shape[1]
         O, OH, OWp = gp.shape[1], gp.shape[2], gp.shape[3]  # gp is zero-padded to whole tiles of pixels
         blocks = (O + GRAD_CHANNELS - 1) // GRAD_CHANNELS
-        for task in range(begin, end):
+        for task in prange(blocks * C):
             block, c = task // C, task % C
             acc = carray(stack_array(grad_tile, xp.dtype), (grad_tile,))
             for k in range(grad_tile):
@@ -229,12 +227,12 @@ def default_width():
     return 16 if cpu.vector_width(cpu.compiled_features())[0] >= 512 else 8
 
 
-@njit(nogil=True, cache=True)
-def _place(x, top, left, out, begin, end):
+@njit(parallel=True, cache=True)
+def _place(x, top, left, out):
     """out[n, c] = zeros with x[n, c] at row ``top``, column ``left``: one pass, one (n, c) plane per task."""
     N, C, H, W = x.shape
     Wp = out.shape[3]
-    for nc in range(begin, end):
+    for nc in prange(N * C):
         n, c = nc // C, nc % C
         for r in range(out.shape[2]):
             h = r - top
@@ -252,7 +250,7 @@ def _place(x, top, left, out, begin, end):
 
 def _placed(x, shape, top=0, left=0):
     out = np.empty(shape, dtype=x.dtype)
-    threads.run(_place, x.shape[0] * x.shape[1], x, top, left, out, elements=out.size)
+    _place(x, top, left, out)
     return out
 
 
@@ -285,10 +283,9 @@ def conv2d(x, w, padding, dilation, rows=1, pixels=None, channels=TILE_CHANNELS,
     OW = x.shape[3] + 2 * padding[1] - dw * (kw - 1)
     xp = _padded_input(x.astype(dtype, copy=False), padding, OW, kw, dw, kernels.pixels, spare_rows=rows - 1)
     out = np.empty((x.shape[0], w.shape[0], OH, OW), dtype=dtype)
-    packed = _pack(w.astype(dtype, copy=False), channels)
-    tasks = x.shape[0] * packed.shape[0] * (-(-OH // rows))  # (image, channel block, row or pair of rows)
     with straight_line_vectorizer():
-        threads.run(kernels.forward_rows if rows == 2 else kernels.forward, tasks, xp, packed, dh, dw, out)
+        (kernels.forward_rows if rows == 2 else kernels.forward)(xp, _pack(w.astype(dtype, copy=False), channels),
+                                                                 dh, dw, out)
     return out
 
 
@@ -303,8 +300,7 @@ def conv2d_weight_grad(g, x, w_shape, padding, dilation, pixels=GRAD_WIDTH):
     gp = g if width == OW else _placed(g, (N, O, OH, width))  # the tail lanes add 0
     out = np.empty(w_shape, dtype=dtype)
     with straight_line_vectorizer():
-        threads.run(kernels.weight_grad_3x3, -(-O // GRAD_CHANNELS) * x.shape[1], xp, gp, dilation[0], dilation[1],
-                    out)
+        kernels.weight_grad_3x3(xp, gp, dilation[0], dilation[1], out)
     return out
 
 

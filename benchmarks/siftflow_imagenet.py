@@ -45,8 +45,7 @@ WEIGHTS = "vgg16-tinyimagenet-12ep"  # the body the published table was measured
 RANDOM = ("random-fcn32s-fixed", "random-fcn8s")
 
 
-def plan(args):
-    about = zoo.available()[args.weights]
+def plan(args, about):
     base = TrainConfig(data=ROOT, out="", dataset="siftflow", image_size=args.size, num_classes=len(SIFTFLOW_CLASSES),
                        width=about["width"], fc_width=about["fc_width"], fc6_kernel=1, input_mode="pad32",
                        epochs=args.epochs, batch_size=args.batch_size, optimizer="adam", lr=args.lr, warmup_steps=100,
@@ -86,7 +85,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not os.path.isdir(ROOT):
         sys.exit(f"SIFT Flow not found at {ROOT}; set MINIFCN_SIFTFLOW")
-    started, stages = time.time(), plan(args)
+    about = zoo.available()[args.weights]  # its sizes for the plan, its scores for the record
+    started, stages = time.time(), plan(args, about)
     run_stages(stages, exclude_absent=True, jobs=args.jobs, only=args.only)
     test = SIFTFlow(ROOT, "test")  # native 256 x 256
     results, from_random, minutes = {}, {}, 0.0
@@ -100,7 +100,6 @@ def main(argv=None):
         result["train_minutes"] = result.pop("train_seconds") / 60
         minutes += result["train_minutes"]
         (from_random if s.name in RANDOM else results)[s.name.removeprefix("random-")] = result
-    about = zoo.available()[args.weights]
     record = {"setup": {**{k: v for k, v in vars(args).items() if k not in ("out", "results", "only")},
                         "stages": {s.name: dataclasses.asdict(s.config) for s in stages}},
               "results": results, "from_random": from_random,

@@ -12,7 +12,8 @@ Sections:
 4. import order: the small step in a script that imports numpy before minifcn, against one that imports
    minifcn first (fresh processes, alternating);
 5. cold start: a fresh process with an empty Numba cache and an empty autotune table, from ``python``
-   to the end of the first training step (import, kernel compilation and route measuring included);
+   to the end of the first training step (import, kernel compilation and route measuring included),
+   with the split: the kernels compiled up front, in how many processes, and the routes measured;
 6. (numba) the route table: every 3x3 layer of the small net, forward+backward, through each route
    forced (register tiles, a BLAS product per tap, im2col), and the routes autotune chose for its
    three passes on this CPU;
@@ -91,7 +92,11 @@ def peak_mb():  # VmHWM is this process's own peak; ru_maxrss on Linux keeps the
             return next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 1024
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"seconds": times, "rss_mb": peak_mb()}))
+report = {"seconds": times, "rss_mb": peak_mb()}
+if lib == "minifcn" and minifcn.get_backend() == "numba":  # the cold start's parts
+    from minifcn.kernels import autotune, precompile
+    report.update(precompile=precompile.reports(), autotune=autotune.report())
+print(json.dumps(report))
 """
 
 
@@ -141,7 +146,7 @@ def cold_start(args):
     with tempfile.TemporaryDirectory() as cache:
         r = child("minifcn", "small", args.threads, 1, {"MINIFCN_BACKEND": args.backend, "NUMBA_CACHE_DIR": cache,
                                                         "MINIFCN_CACHE_DIR": cache})
-    return r["wall"], r["seconds"][0]
+    return r["wall"], r["seconds"][0], r.get("precompile"), r.get("autotune")
 
 
 SMALL_NET_LAYERS = [  # (name, in, out, size at batch 8 of 128^2): pad100 sizes, then pad32 sizes
@@ -249,9 +254,14 @@ def main():
         print(row, flush=True)
     print("\n| import order | numpy first s | minifcn first s | ratio |\n|---|---|---|---|")
     print(import_order(args), flush=True)
-    wall, step = cold_start(args)
+    wall, step, compiled, tuned = cold_start(args)
     print(f"\ncold start (empty Numba cache and autotune table): {wall:.1f} s from a new process to the end of "
           f"the first training step; the step itself {step:.1f} s")
+    for r in compiled or []:
+        print(f"  kernels compiled up front ({r['dtype']}) in {len(r['shares'])} processes, {r['seconds']} s: "
+              f"{r['shares']}" + (f"; failed: {r['failed']}" if r["failed"] else ""))
+    if tuned:
+        print(f"  routes measured: {tuned['measured']} passes, {tuned['seconds']} s (compiling included)")
     if args.backend == "numba":
         print("\n| small-net layer, batch 8, fwd+bwd (numba) | register tiles | shifted GEMM | im2col | "
               "routes chosen: forward · input grad · weight grad |\n|---|---|---|---|---|")

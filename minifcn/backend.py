@@ -47,17 +47,23 @@ def _namespace(module, name):
     """Every op: the backend's own kernel where it has one, else the reference.
 
     A backend whose kernels compute only in some float types (``FLOAT_DTYPES``: Numba has no float16)
-    refuses other floats by op and dtype, instead of failing somewhere inside the compiler.
+    refuses other floats by op and dtype, instead of failing somewhere inside the compiler. A backend
+    with a ``prepare(op, dtype)`` gets it called before an op's float arrays are handed to its kernels
+    (Numba: compile every kernel at once on the first op of a dtype, see kernels/precompile.py).
     """
     supported = getattr(module, "FLOAT_DTYPES", None)
+    prepare = getattr(module, "prepare", None)
 
     def checked(op, fn):
         def run(*args, **kwargs):
             for a in args:
-                if getattr(a, "dtype", None) is not None and a.dtype.kind == "f" and a.dtype not in supported:
-                    raise TypeError(f"{op}: the {name} backend computes in "
-                                    f"{' or '.join(np.dtype(d).name for d in supported)}, not {a.dtype}; cast the "
-                                    f"data (x.astype(np.float32)) or use minifcn.set_backend('numpy')")
+                if getattr(a, "dtype", None) is not None and a.dtype.kind == "f":
+                    if a.dtype not in supported:
+                        raise TypeError(f"{op}: the {name} backend computes in "
+                                        f"{' or '.join(np.dtype(d).name for d in supported)}, not {a.dtype}; "
+                                        f"cast the data (x.astype(np.float32)) or use minifcn.set_backend('numpy')")
+                    if prepare is not None:
+                        prepare(op, a.dtype)
             return fn(*args, **kwargs)
         return run
 

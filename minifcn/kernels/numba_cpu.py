@@ -22,9 +22,10 @@ from numba.extending import intrinsic
 
 from .. import backend
 from ..conv_arithmetic import conv_geometry
-from . import autotune, gemm, numba_tiled, reference, shifted_gemm, subpixel
+from . import autotune, gemm, numba_tiled, precompile, reference, shifted_gemm, subpixel
 
 FLOAT_DTYPES = (np.float32, np.float64)  # Numba compiles no float16 arithmetic
+prepare = precompile.ensure  # the backend calls it before each op: the first of a dtype compiles every kernel
 
 
 @njit(cache=True)

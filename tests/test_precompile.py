@@ -1,0 +1,177 @@
+"""The cold start's compilation, spread over processes: every kernel covered, done once, off when asked."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+numba = pytest.importorskip("numba")
+
+from minifcn.kernels import numba_cpu, precompile, reference  # noqa: E402
+
+
+def test_shares_hold_every_task_once_and_balance_their_cost():
+    names = list(precompile.GROUPS["fcn"])
+    for workers in (1, 2, 3, 16):
+        parts = precompile.shares(names, workers)
+        assert sorted(n for p in parts for n in p) == sorted(names)
+        assert len(parts) == min(workers, len(names))
+        loads = [sum(precompile.TASKS[n][1] for n in p) + (i > 0) * precompile.HELPER_START for i, p in enumerate(parts)]
+        assert max(loads) - min(loads) <= max(precompile.TASKS[n][1] for n in names) + precompile.HELPER_START
+
+
+def test_every_op_belongs_to_a_group_and_every_task_to_a_group():
+    from minifcn.kernels import OPS
+    assert {precompile.group_of(op) for op in OPS} == set(precompile.GROUPS)
+    assert sorted(n for names in precompile.GROUPS.values() for n in names) == sorted(precompile.TASKS)
+
+
+def test_on_record_once_per_group_dtype_and_numba_cache(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setenv("MINIFCN_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("MINIFCN_PRECOMPILE", raising=False)
+    monkeypatch.setattr(precompile, "run", lambda names, dtype: calls.append((tuple(names), np.dtype(dtype).name)))
+    monkeypatch.setitem(precompile._state, "seen", set())
+    monkeypatch.setitem(precompile._state, "done", set())
+
+    def fresh_process():
+        precompile._state["seen"].clear()
+        precompile._state["done"].clear()
+
+    precompile.ensure("relu", np.dtype(np.float32))
+    precompile.ensure("conv2d", np.dtype(np.float32))  # same group: nothing more
+    assert calls == [(precompile.GROUPS["fcn"], "float32")]
+    assert os.path.exists(precompile.marker_path("fcn", np.float32))
+    fresh_process()
+    precompile.ensure("max_pool", np.dtype(np.float32))  # on record: a later process does nothing
+    assert len(calls) == 1
+    precompile.ensure("batch_norm_forward", np.dtype(np.float32))
+    precompile.ensure("relu", np.dtype(np.float64))
+    assert calls[1:] == [(("batch_norm",), "float32"), (precompile.GROUPS["fcn"], "float64")]
+    fresh_process()
+    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path / "another-numba-cache"))
+    precompile.ensure("relu", np.dtype(np.float32))  # the kernels on record are not in this cache
+    assert calls[-1] == (precompile.GROUPS["fcn"], "float32") and len(calls) == 4
+
+
+@pytest.mark.parametrize("env", [{"MINIFCN_PRECOMPILE": "0"}, {"OMPI_COMM_WORLD_SIZE": "2"}])
+def test_off_when_asked_and_under_an_mpi_launcher(tmp_path, monkeypatch, env):
+    monkeypatch.setenv("MINIFCN_CACHE_DIR", str(tmp_path))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(precompile, "run", lambda *a: pytest.fail("precompiled although switched off"))
+    monkeypatch.setitem(precompile._state, "seen", set())
+    monkeypatch.setitem(precompile._state, "done", set())
+    assert not precompile.enabled()
+    precompile.ensure("relu", np.dtype(np.float32))
+
+
+def test_a_failing_helper_is_reported_and_its_kernels_compile_on_first_use(monkeypatch):
+    monkeypatch.setattr(precompile, "_helper_command",
+                        lambda dtype, names: [sys.executable, "-c", "import sys; sys.exit('no compiler here')"])
+    with pytest.warns(UserWarning, match="no compiler here"):
+        report = precompile.run(["relu", "im2col", "col2im"], np.float32, workers=2)
+    assert report["failed"] == report["shares"][1:] and len(report["shares"]) == 2
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    np.testing.assert_array_equal(numba_cpu.relu(x), reference.relu(x))
+
+
+def test_the_backend_prepares_each_op_and_dtype_before_its_kernels_run(monkeypatch):
+    import minifcn
+    monkeypatch.setenv("MINIFCN_PRECOMPILE", "0")  # record, compile nothing new
+    monkeypatch.setitem(precompile._state, "seen", set())
+    before = minifcn.get_backend()
+    minifcn.set_backend("numba")
+    try:
+        from minifcn import backend
+        backend.ops().relu(np.ones((1, 1, 2, 2), np.float64))
+    finally:
+        minifcn.set_backend(before)
+    assert ("relu", np.dtype(np.float64)) in precompile._state["seen"]
+
+
+COLD_START = r"""
+import json, os, sys, time
+import numba
+import numpy as np
+from numba.core import event
+import minifcn
+from minifcn import Tensor, models, functional as F
+from minifcn.kernels import numba_cpu, numba_tiled, precompile
+
+compiled = []  # (when, kernel) for minifcn's own kernels compiled in this process
+class Listener(event.Listener):
+    def on_start(self, ev): pass
+    def on_end(self, ev):
+        fn = ev.data["dispatcher"].py_func
+        if fn.__module__.startswith("minifcn"):
+            compiled.append((time.perf_counter(), fn.__qualname__))
+event.register("numba:compile", Listener())
+ended = []
+run = precompile.run
+precompile.run = lambda *a, **k: (run(*a, **k), ended.append(time.perf_counter()))[0]
+
+minifcn.set_backend("numba")
+for mode in ("pad100", "pad32"):
+    model = models.build("fcn8s", width=0.0625, fc_width=32, num_classes=3, input_mode=mode)
+    x = np.random.default_rng(0).standard_normal((2, 3, 40, 40)).astype(np.float32)
+    F.softmax_cross_entropy(model(Tensor(x)), np.zeros((2, 40, 40), np.int64)).backward()
+after = sorted({name for when, name in compiled if ended and when > ended[0]})
+dispatchers = [d for m in (numba_cpu, numba_tiled) for d in vars(m).values() if isinstance(d, numba.core.dispatcher.Dispatcher)]
+dispatchers += [d for k in numba_tiled.KERNELS.values() for d in vars(k).values() if isinstance(d, numba.core.dispatcher.Dispatcher)]
+hits = sum(sum(d.stats.cache_hits.values()) for d in dispatchers)
+print(json.dumps({"reports": precompile.reports(), "after": after, "hits": hits, "compiled": len(compiled)}))
+"""
+
+
+@pytest.mark.slow
+def test_a_cold_start_compiles_each_kernel_once_spread_over_processes(tmp_path):
+    """From empty caches, the first op compiles every kernel a training step needs (here and in helpers);
+    nothing of minifcn's compiles after that, and a second process finds it all on record and in the cache."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "MINIFCN_CACHE_DIR": str(tmp_path / "minifcn")}
+    env.pop("MINIFCN_PRECOMPILE", None)
+
+    def child():
+        out = subprocess.run([sys.executable, "-c", COLD_START], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = child()
+    assert len(first["reports"]) == 1 and not first["reports"][0]["failed"]
+    shares = first["reports"][0]["shares"]
+    assert len(shares) == min(os.cpu_count(), len(precompile.GROUPS["fcn"]))
+    assert first["after"] == []  # every kernel the step used was compiled up front
+    if len(shares) > 1:
+        assert first["hits"] > 0  # the helpers' kernels came from the cache
+    second = child()
+    assert second["reports"] == [] and second["compiled"] == 0 and second["hits"] > 0
+
+
+PRECOMPILE_ALL = r"""
+import json, numba, numpy as np
+from minifcn.kernels import numba_cpu, numba_tiled, precompile
+for name, (task, _) in precompile.TASKS.items():
+    task(np.float64)
+def dispatchers(namespace):
+    return {k: d for k, d in vars(namespace).items() if isinstance(d, numba.core.dispatcher.Dispatcher)}
+found = {**dispatchers(numba_cpu), **dispatchers(numba_tiled),
+         **{f"tiles{w}.{k}": d for w, n in numba_tiled.KERNELS.items() for k, d in dispatchers(n).items()}}
+print(json.dumps(sorted(k for k, d in found.items() if not d.overloads)))
+"""
+
+
+@pytest.mark.slow
+def test_the_tasks_compile_every_kernel_there_is(tmp_path):
+    """A kernel added to numba_cpu or numba_tiled but to no task would compile alone, at first use."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "MINIFCN_PRECOMPILE": "0"}
+    out = subprocess.run([sys.executable, "-c", PRECOMPILE_ALL], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    missing = json.loads(out.stdout.strip().splitlines()[-1])
+    # the weight-gradient tile is GRAD_WIDTH wide only, the forward tiles this CPU's width only
+    from minifcn.kernels import numba_tiled
+    unused = {f"tiles{w}.weight_grad_3x3" for w in numba_tiled.KERNELS if w != numba_tiled.GRAD_WIDTH}
+    unused |= {f"tiles{w}.{k}" for w in numba_tiled.KERNELS if w != numba_tiled.WIDTH for k in ("forward", "forward_rows")}
+    assert set(missing) <= unused | {"_exp"}, set(missing) - unused

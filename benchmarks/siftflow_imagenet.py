@@ -81,7 +81,8 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="stages trained at once, one process each")
     p.add_argument("--only", nargs="+", help="run only these stages now")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--weights", default=WEIGHTS, help="the shipped classifier the body comes from (minifcn weights list)")
+    p.add_argument("--weights", default=WEIGHTS, choices=sorted(zoo.available()),
+                   help="the shipped classifier the body comes from (minifcn weights list)")
     args = p.parse_args(argv)
     if not os.path.isdir(ROOT):
         sys.exit(f"SIFT Flow not found at {ROOT}; set MINIFCN_SIFTFLOW")

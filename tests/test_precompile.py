@@ -57,11 +57,14 @@ def test_on_record_once_per_group_dtype_and_numba_cache(tmp_path, monkeypatch):
     assert calls[-1] == (precompile.GROUPS["fcn"], "float32") and len(calls) == 4
 
 
-@pytest.mark.parametrize("env", [{"MINIFCN_PRECOMPILE": "0"}, {"OMPI_COMM_WORLD_SIZE": "2"}])
-def test_off_when_asked_and_under_an_mpi_launcher(tmp_path, monkeypatch, env):
+@pytest.mark.parametrize("env", [{"MINIFCN_PRECOMPILE": "0"}, {"OMPI_COMM_WORLD_SIZE": "2"}, {"frozen": True}])
+def test_off_when_asked_under_an_mpi_launcher_and_in_a_frozen_app(tmp_path, monkeypatch, env):
     monkeypatch.setenv("MINIFCN_CACHE_DIR", str(tmp_path))
     for k, v in env.items():
-        monkeypatch.setenv(k, v)
+        if k == "frozen":
+            monkeypatch.setattr(sys, "frozen", v, raising=False)
+        else:
+            monkeypatch.setenv(k, v)
     monkeypatch.setattr(precompile, "run", lambda *a: pytest.fail("precompiled although switched off"))
     monkeypatch.setitem(precompile._state, "seen", set())
     monkeypatch.setitem(precompile._state, "done", set())
@@ -142,7 +145,7 @@ def test_a_cold_start_compiles_each_kernel_once_spread_over_processes(tmp_path):
     first = child()
     assert len(first["reports"]) == 1 and not first["reports"][0]["failed"]
     shares = first["reports"][0]["shares"]
-    assert len(shares) == min(os.cpu_count(), len(precompile.GROUPS["fcn"]))
+    assert len(shares) == min(precompile.cores(), len(precompile.GROUPS["fcn"]))
     assert first["after"] == []  # every kernel the step used was compiled up front
     if len(shares) > 1:
         assert first["hits"] > 0  # the helpers' kernels came from the cache

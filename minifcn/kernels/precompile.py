@@ -103,9 +103,18 @@ def group_of(op):
 
 
 def enabled():
+    """On, unless MINIFCN_PRECOMPILE=0, under an MPI launcher, or in a frozen app (no Python to start)."""
     from .. import launcher
     off = os.environ.get("MINIFCN_PRECOMPILE", "1").strip().lower() in ("0", "false", "no", "off")
-    return not off and launcher.launched_size() == 1
+    return not off and launcher.launched_size() == 1 and not getattr(sys, "frozen", False)
+
+
+def cores():
+    """The cores this process may run on (its affinity where the OS tells it, else all of them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def marker_path(group, dtype):
@@ -161,7 +170,7 @@ def run(names, dtype, workers=None):
     """Compile the kernels of ``names`` (keys of TASKS) in ``dtype``: the first share here, the others in
     helper processes at the same time, one per core (``workers``, default every core). Returns a report."""
     started = time.perf_counter()
-    parts = shares(names, min(workers or os.cpu_count() or 1, len(names)))
+    parts = shares(names, min(workers or cores(), len(names)))
     if sys.stderr.isatty():
         print(f"minifcn: compiling its kernels for this CPU in {len(parts)} processes (once)", file=sys.stderr)
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -23,6 +23,19 @@ def test_shares_hold_every_task_once_and_balance_their_cost():
         assert max(loads) - min(loads) <= max(precompile.TASKS[n][1] for n in names) + precompile.HELPER_START
 
 
+def test_as_many_processes_as_threads_minifcn_may_use():
+    import minifcn
+    before = numba.get_num_threads()
+    try:
+        minifcn.set_num_threads(1)
+        assert precompile.workers() == 1
+        minifcn.set_num_threads(2)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        assert precompile.workers() == min(2, numba.config.NUMBA_NUM_THREADS, cores)
+    finally:
+        numba.set_num_threads(before)
+
+
 def test_every_op_belongs_to_a_group_and_every_task_to_a_group():
     from minifcn.kernels import OPS
     assert {precompile.group_of(op) for op in OPS} == set(precompile.GROUPS)
@@ -76,7 +89,7 @@ def test_a_failing_helper_is_reported_and_its_kernels_compile_on_first_use(monke
     monkeypatch.setattr(precompile, "_helper_command",
                         lambda dtype, names: [sys.executable, "-c", "import sys; sys.exit('no compiler here')"])
     with pytest.warns(UserWarning, match="no compiler here"):
-        report = precompile.run(["relu", "im2col", "col2im"], np.float32, workers=2)
+        report = precompile.run(["relu", "im2col", "col2im"], np.float32, processes=2)
     assert report["failed"] == report["shares"][1:] and len(report["shares"]) == 2
     x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
     np.testing.assert_array_equal(numba_cpu.relu(x), reference.relu(x))
@@ -126,7 +139,8 @@ after = sorted({name for when, name in compiled if ended and when > ended[0]})
 dispatchers = [d for m in (numba_cpu, numba_tiled) for d in vars(m).values() if isinstance(d, numba.core.dispatcher.Dispatcher)]
 dispatchers += [d for k in numba_tiled.KERNELS.values() for d in vars(k).values() if isinstance(d, numba.core.dispatcher.Dispatcher)]
 hits = sum(sum(d.stats.cache_hits.values()) for d in dispatchers)
-print(json.dumps({"reports": precompile.reports(), "after": after, "hits": hits, "compiled": len(compiled)}))
+print(json.dumps({"reports": precompile.reports(), "after": after, "hits": hits, "compiled": len(compiled),
+                  "workers": precompile.workers()}))
 """
 
 
@@ -145,7 +159,7 @@ def test_a_cold_start_compiles_each_kernel_once_spread_over_processes(tmp_path):
     first = child()
     assert len(first["reports"]) == 1 and not first["reports"][0]["failed"]
     shares = first["reports"][0]["shares"]
-    assert len(shares) == min(precompile.cores(), len(precompile.GROUPS["fcn"]))
+    assert len(shares) == min(first["workers"], len(precompile.GROUPS["fcn"]))
     assert first["after"] == []  # every kernel the step used was compiled up front
     if len(shares) > 1:
         assert first["hits"] > 0  # the helpers' kernels came from the cache

@@ -5,8 +5,8 @@ compiled one after another as the first training step meets them, on one core wh
 Numba compiles one function at a time in a process, but its disk cache is shared by processes. So the
 first op of a dtype with nothing on record here splits the kernels into shares (``TASKS``: each runs one
 or more kernels on a tiny input, through the same wrappers a model calls, so they compile for the same
-argument types), compiles one share itself and hands the others to helper processes, one per spare core
-(``python -m minifcn.kernels.precompile DTYPE TASK...``). When all are done, a kernel the main process has
+argument types), compiles one share itself and hands the others to helper processes, one for each further
+thread minifcn may use (``python -m minifcn.kernels.precompile DTYPE TASK...``). When all are done, a kernel the main process has
 not compiled loads from the cache in milliseconds. Nothing is timed while the helpers run, so autotune
 measures on quiet cores.
 
@@ -109,12 +109,15 @@ def enabled():
     return not off and launcher.launched_size() == 1 and not getattr(sys, "frozen", False)
 
 
-def cores():
-    """The cores this process may run on (its affinity where the OS tells it, else all of them)."""
+def workers():
+    """As many processes as threads minifcn may use (``set_num_threads``), and no more than the cores this
+    process may run on (its affinity, where the OS tells it)."""
+    import numba
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, numba.get_num_threads()))
 
 
 def marker_path(group, dtype):
@@ -166,11 +169,11 @@ def _helper_command(dtype, names):
     return [sys.executable, "-m", "minifcn.kernels.precompile", np.dtype(dtype).name, *names]
 
 
-def run(names, dtype, workers=None):
+def run(names, dtype, processes=None):
     """Compile the kernels of ``names`` (keys of TASKS) in ``dtype``: the first share here, the others in
-    helper processes at the same time, one per core (``workers``, default every core). Returns a report."""
+    helper processes at the same time (``processes`` in all, default ``workers()``). Returns a report."""
     started = time.perf_counter()
-    parts = shares(names, min(workers or cores(), len(names)))
+    parts = shares(names, min(processes or workers(), len(names)))
     if sys.stderr.isatty():
         print(f"minifcn: compiling its kernels for this CPU in {len(parts)} processes (once)", file=sys.stderr)
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -192,3 +192,16 @@ def test_the_tasks_compile_every_kernel_there_is(tmp_path):
     unused = {f"tiles{w}.weight_grad_3x3" for w in numba_tiled.KERNELS if w != numba_tiled.GRAD_WIDTH}
     unused |= {f"tiles{w}.{k}" for w in numba_tiled.KERNELS if w != numba_tiled.WIDTH for k in ("forward", "forward_rows")}
     assert set(missing) <= unused | {"_exp"}, set(missing) - unused
+
+
+def test_a_share_that_fails_here_still_waits_for_the_helpers(tmp_path, monkeypatch):
+    done = tmp_path / "helper-finished"
+    monkeypatch.setattr(precompile, "_helper_command", lambda dtype, names: [
+        sys.executable, "-c", f"import time; time.sleep(0.5); open({str(done)!r}, 'w').close()"])
+
+    def broken(dtype):
+        raise RuntimeError("this share cannot compile")
+    monkeypatch.setitem(precompile.TASKS, "tiles", (broken, 5.0))
+    with pytest.raises(RuntimeError, match="cannot compile"):
+        precompile.run(["tiles", "relu"], np.float32, processes=2)  # tiles here, relu in the helper
+    assert done.exists()  # waited for, not left running

@@ -6,9 +6,9 @@ Numba compiles one function at a time in a process, but its disk cache is shared
 first op of a dtype with nothing on record here splits the kernels into shares (``TASKS``: each runs one
 or more kernels on a tiny input, through the same wrappers a model calls, so they compile for the same
 argument types), compiles one share itself and hands the others to helper processes, one for each further
-thread minifcn may use (``python -m minifcn.kernels.precompile DTYPE TASK...``). When all are done, a kernel the main process has
-not compiled loads from the cache in milliseconds. Nothing is timed while the helpers run, so autotune
-measures on quiet cores.
+thread minifcn may use (``python -m minifcn.kernels.precompile DTYPE TASK...``). When all are done, a
+kernel the main process has not compiled loads from the cache in milliseconds. Nothing is timed while the
+helpers run, so autotune measures on quiet cores.
 
 What has been done is recorded per CPU, kernel code, Numba cache folder and dtype in
 ``$MINIFCN_CACHE_DIR/precompiled/`` (default ~/.cache/minifcn), so later processes skip it. Batch norm,
@@ -188,8 +188,19 @@ def run(names, dtype, processes=None):
         except OSError as err:
             warnings.warn(f"minifcn could not start a process to compile kernels {part} ({err}); "
                           "they compile on first use")
-    for name in parts[0]:
-        TASKS[name][0](dtype)
+    try:
+        for name in parts[0]:
+            TASKS[name][0](dtype)
+    finally:  # the helpers are waited for even if this share failed: none is left running
+        failed = _wait(helpers)
+    report = {"dtype": np.dtype(dtype).name, "shares": parts, "failed": failed,
+              "seconds": round(time.perf_counter() - started, 2)}
+    _state["reports"].append(report)
+    return report
+
+
+def _wait(helpers):
+    """Wait for each helper (stopping one past HELPER_TIMEOUT); warn about, and return, the shares that failed."""
     failed = []
     for part, proc in helpers:
         try:
@@ -202,10 +213,7 @@ def run(names, dtype, processes=None):
             last = (err or b"").decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
             warnings.warn(f"minifcn's process compiling kernels {part} failed (exit {proc.returncode}: "
                           f"{last[0]}); they compile on first use")
-    report = {"dtype": np.dtype(dtype).name, "shares": parts, "failed": failed,
-              "seconds": round(time.perf_counter() - started, 2)}
-    _state["reports"].append(report)
-    return report
+    return failed
 
 
 def reports():

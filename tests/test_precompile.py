@@ -46,7 +46,8 @@ def test_on_record_once_per_group_dtype_and_numba_cache(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setenv("MINIFCN_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("MINIFCN_PRECOMPILE", raising=False)
-    monkeypatch.setattr(precompile, "run", lambda names, dtype: calls.append((tuple(names), np.dtype(dtype).name)))
+    monkeypatch.setattr(precompile, "run",
+                        lambda kernels, names, dtype: calls.append((tuple(names), np.dtype(dtype).name)))
     monkeypatch.setitem(precompile._state, "seen", set())
     monkeypatch.setitem(precompile._state, "done", set())
 
@@ -54,19 +55,19 @@ def test_on_record_once_per_group_dtype_and_numba_cache(tmp_path, monkeypatch):
         precompile._state["seen"].clear()
         precompile._state["done"].clear()
 
-    precompile.ensure("relu", np.dtype(np.float32))
-    precompile.ensure("conv2d", np.dtype(np.float32))  # same group: nothing more
+    precompile.ensure(numba_cpu, "relu", np.dtype(np.float32))
+    precompile.ensure(numba_cpu, "conv2d", np.dtype(np.float32))  # same group: nothing more
     assert calls == [(precompile.GROUPS["fcn"], "float32")]
     assert os.path.exists(precompile.marker_path("fcn", np.float32))
     fresh_process()
-    precompile.ensure("max_pool", np.dtype(np.float32))  # on record: a later process does nothing
+    precompile.ensure(numba_cpu, "max_pool", np.dtype(np.float32))  # on record: a later process does nothing
     assert len(calls) == 1
-    precompile.ensure("batch_norm_forward", np.dtype(np.float32))
-    precompile.ensure("relu", np.dtype(np.float64))
+    precompile.ensure(numba_cpu, "batch_norm_forward", np.dtype(np.float32))
+    precompile.ensure(numba_cpu, "relu", np.dtype(np.float64))
     assert calls[1:] == [(("batch_norm",), "float32"), (precompile.GROUPS["fcn"], "float64")]
     fresh_process()
     monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path / "another-numba-cache"))
-    precompile.ensure("relu", np.dtype(np.float32))  # the kernels on record are not in this cache
+    precompile.ensure(numba_cpu, "relu", np.dtype(np.float32))  # the kernels on record are not in this cache
     assert calls[-1] == (precompile.GROUPS["fcn"], "float32") and len(calls) == 4
 
 
@@ -82,14 +83,14 @@ def test_off_when_asked_under_an_mpi_launcher_and_in_a_frozen_app(tmp_path, monk
     monkeypatch.setitem(precompile._state, "seen", set())
     monkeypatch.setitem(precompile._state, "done", set())
     assert not precompile.enabled()
-    precompile.ensure("relu", np.dtype(np.float32))
+    precompile.ensure(numba_cpu, "relu", np.dtype(np.float32))
 
 
 def test_a_failing_helper_is_reported_and_its_kernels_compile_on_first_use(monkeypatch):
     monkeypatch.setattr(precompile, "_helper_command",
-                        lambda dtype, names: [sys.executable, "-c", "import sys; sys.exit('no compiler here')"])
+                        lambda kernels, dtype, names: [sys.executable, "-c", "import sys; sys.exit('no compiler here')"])
     with pytest.warns(UserWarning, match="no compiler here"):
-        report = precompile.run(["relu", "im2col", "col2im"], np.float32, processes=2)
+        report = precompile.run(numba_cpu, ["relu", "im2col", "col2im"], np.float32, processes=2)
     assert report["failed"] == report["shares"][1:] and len(report["shares"]) == 2
     x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
     np.testing.assert_array_equal(numba_cpu.relu(x), reference.relu(x))
@@ -171,7 +172,7 @@ PRECOMPILE_ALL = r"""
 import json, numba, numpy as np
 from minifcn.kernels import numba_cpu, numba_tiled, precompile
 for name, (task, _) in precompile.TASKS.items():
-    task(np.float64)
+    task(numba_cpu, np.float64)
 def dispatchers(namespace):
     return {k: d for k, d in vars(namespace).items() if isinstance(d, numba.core.dispatcher.Dispatcher)}
 found = {**dispatchers(numba_cpu), **dispatchers(numba_tiled),
@@ -196,12 +197,12 @@ def test_the_tasks_compile_every_kernel_there_is(tmp_path):
 
 def test_a_share_that_fails_here_still_waits_for_the_helpers(tmp_path, monkeypatch):
     done = tmp_path / "helper-finished"
-    monkeypatch.setattr(precompile, "_helper_command", lambda dtype, names: [
+    monkeypatch.setattr(precompile, "_helper_command", lambda kernels, dtype, names: [
         sys.executable, "-c", f"import time; time.sleep(0.5); open({str(done)!r}, 'w').close()"])
 
-    def broken(dtype):
+    def broken(kernels, dtype):
         raise RuntimeError("this share cannot compile")
     monkeypatch.setitem(precompile.TASKS, "tiles", (broken, 5.0))
     with pytest.raises(RuntimeError, match="cannot compile"):
-        precompile.run(["tiles", "relu"], np.float32, processes=2)  # tiles here, relu in the helper
+        precompile.run(numba_cpu, ["tiles", "relu"], np.float32, processes=2)  # tiles here, relu in the helper
     assert done.exists()  # waited for, not left running

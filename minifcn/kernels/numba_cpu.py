@@ -13,6 +13,7 @@ went from 1.19 to 0.45 ms, col2im from 1.17 to 0.33, from_phases from 17.8 to 6)
 """
 
 import math
+import sys
 
 import numba
 import numpy as np
@@ -25,7 +26,11 @@ from ..conv_arithmetic import conv_geometry
 from . import autotune, gemm, numba_tiled, precompile, reference, shifted_gemm, subpixel
 
 FLOAT_DTYPES = (np.float32, np.float64)  # Numba compiles no float16 arithmetic
-prepare = precompile.ensure  # the backend calls it before each op: the first of a dtype compiles every kernel
+
+
+def prepare(op, dtype):
+    """The backend calls this before each op: the first of a dtype compiles every kernel (kernels/precompile.py)."""
+    precompile.ensure(sys.modules[__name__], op, dtype)
 
 
 @njit(cache=True)

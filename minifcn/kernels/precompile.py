@@ -6,7 +6,7 @@ Numba compiles one function at a time in a process, but its disk cache is shared
 first op of a dtype with nothing on record here splits the kernels into shares (``TASKS``: each runs one
 or more kernels on a tiny input, through the same wrappers a model calls, so they compile for the same
 argument types), compiles one share itself and hands the others to helper processes, one for each further
-thread minifcn may use (``python -m minifcn.kernels.precompile DTYPE TASK...``). When all are done, a
+thread minifcn may use (``python -m minifcn.kernels.precompile MODULE DTYPE TASK...``). When all are done, a
 kernel the main process has not compiled loads from the cache in milliseconds. Nothing is timed while the
 helpers run, so autotune measures on quiet cores.
 
@@ -28,6 +28,7 @@ import warnings
 import numpy as np
 
 from .. import atomic
+from ..conv_arithmetic import conv_geometry
 
 HELPER_TIMEOUT = 600.0  # seconds; a helper past this is stopped and its kernels compile on first use
 HELPER_START = 0.7  # what starting a helper costs, in the units of TASKS' costs (about a second each)
@@ -37,9 +38,9 @@ def _zeros(dtype, *shape):
     return np.zeros(shape, dtype)
 
 
-def _tiles(dtype):
+def _tiles(kernels, dtype):
     """The forward tiles worth trying on this CPU and the 3x3 weight-gradient tile (all pad with _place)."""
-    from . import numba_tiled
+    numba_tiled = kernels.numba_tiled
     x, w = _zeros(dtype, 1, 1, 4, 4), _zeros(dtype, 1, 1, 3, 3)
     for name in numba_tiled.forward_tiles():
         channels, rows, vectors = numba_tiled.FORWARD_TILES[name]
@@ -47,43 +48,35 @@ def _tiles(dtype):
     numba_tiled.conv2d_weight_grad(x, x, w.shape, (1, 1), (1, 1))
 
 
-def _im2col(dtype):
-    from . import numba_cpu
+def _im2col(numba_cpu, dtype):
     numba_cpu.im2col(_zeros(dtype, 1, 1, 4, 4), 3, 1, 1, 1)
 
 
-def _col2im(dtype):
-    from . import numba_cpu
+def _col2im(numba_cpu, dtype):
     numba_cpu.col2im(_zeros(dtype, 1, 9, 16), (1, 1, 4, 4), 3, 1, 1, 1)
 
 
-def _phases(dtype):
-    from . import numba_cpu
-    from ..conv_arithmetic import conv_geometry
+def _phases(numba_cpu, dtype):
     geo = conv_geometry((1, 1, 4, 4), (2, 2), 2, 0, 1)
     numba_cpu.from_phases(numba_cpu.to_phases(_zeros(dtype, 1, 1, 4, 4), geo), geo, (1, 1, 4, 4))
 
 
-def _pool(dtype):
-    from . import numba_cpu
+def _pool(numba_cpu, dtype):
     y, argmax = numba_cpu.max_pool(_zeros(dtype, 1, 1, 4, 4), (2, 2), (2, 2), (0, 0), (2, 2))
     numba_cpu.max_pool_backward(y, argmax, (1, 1, 4, 4), (2, 2), (2, 2), (0, 0))
 
 
-def _relu(dtype):
-    from . import numba_cpu
+def _relu(numba_cpu, dtype):
     numba_cpu.relu_backward(numba_cpu.relu(_zeros(dtype, 1, 1, 2, 2)), _zeros(dtype, 1, 1, 2, 2))
 
 
-def _loss(dtype):
-    from . import numba_cpu
+def _loss(numba_cpu, dtype):
     z, t, weight = _zeros(dtype, 1, 2, 3), np.zeros((1, 3), np.int64), np.ones(2)
     numba_cpu.softmax_xent(z, t, weight, 255)
     numba_cpu.softmax_xent_backward(z, t, weight, 255, 1.0)
 
 
-def _batch_norm(dtype):
-    from . import numba_cpu
+def _batch_norm(numba_cpu, dtype):
     x, v = _zeros(dtype, 2, 1, 2, 2), np.ones(1, dtype)
     mean, var = numba_cpu.batch_norm_stats(x)
     y, xhat = numba_cpu.batch_norm_forward(x, mean, v, v, v)
@@ -142,8 +135,9 @@ def shares(names, workers):
     return [s for s in out if s]
 
 
-def ensure(op, dtype):
-    """Before the first ``op`` in ``dtype`` in this process: precompile its group unless it is on record."""
+def ensure(kernels, op, dtype):
+    """Before the first ``op`` in ``dtype`` in this process: precompile its group of ``kernels`` (the module
+    numba_cpu, handed in: it calls this, so importing it here would make a cycle) unless it is on record."""
     if (op, dtype) in _state["seen"]:  # the common case, once per op call: one set lookup
         return
     _state["seen"].add((op, dtype))
@@ -157,7 +151,7 @@ def ensure(op, dtype):
     path = marker_path(*key)
     if os.path.exists(path):
         return
-    run(GROUPS[group], dtype)
+    run(kernels, GROUPS[group], dtype)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic.write_bytes(path, b"")
@@ -165,11 +159,11 @@ def ensure(op, dtype):
         pass
 
 
-def _helper_command(dtype, names):
-    return [sys.executable, "-m", "minifcn.kernels.precompile", np.dtype(dtype).name, *names]
+def _helper_command(kernels, dtype, names):
+    return [sys.executable, "-m", "minifcn.kernels.precompile", kernels.__name__, np.dtype(dtype).name, *names]
 
 
-def run(names, dtype, processes=None):
+def run(kernels, names, dtype, processes=None):
     """Compile the kernels of ``names`` (keys of TASKS) in ``dtype``: the first share here, the others in
     helper processes at the same time (``processes`` in all, default ``workers()``). Returns a report."""
     started = time.perf_counter()
@@ -183,14 +177,14 @@ def run(names, dtype, processes=None):
     helpers = []
     for part in parts[1:]:
         try:
-            helpers.append((part, subprocess.Popen(_helper_command(dtype, part), env=env, stdin=subprocess.DEVNULL,
+            helpers.append((part, subprocess.Popen(_helper_command(kernels, dtype, part), env=env, stdin=subprocess.DEVNULL,
                                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
         except OSError as err:
             warnings.warn(f"minifcn could not start a process to compile kernels {part} ({err}); "
                           "they compile on first use")
     try:
         for name in parts[0]:
-            TASKS[name][0](dtype)
+            TASKS[name][0](kernels, dtype)
     finally:  # the helpers are waited for even if this share failed: none is left running
         failed = _wait(helpers)
     report = {"dtype": np.dtype(dtype).name, "shares": parts, "failed": failed,
@@ -222,12 +216,17 @@ def reports():
 
 
 def _main(argv):
-    dtype, names = argv[0], argv[1:]
+    """python -m minifcn.kernels.precompile MODULE DTYPE TASK...: a helper's share."""
+    import importlib
+    module, dtype, names = argv[0], argv[1], argv[2:]
+    if not module.startswith("minifcn.kernels."):
+        sys.exit(f"not a minifcn kernel module: {module}")
     unknown = [n for n in names if n not in TASKS]
     if unknown:
         sys.exit(f"unknown kernel tasks {unknown}; known: {sorted(TASKS)}")
+    kernels = importlib.import_module(module)
     for name in names:
-        TASKS[name][0](np.dtype(dtype))
+        TASKS[name][0](kernels, np.dtype(dtype))
 
 
 if __name__ == "__main__":

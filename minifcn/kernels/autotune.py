@@ -52,10 +52,15 @@ def set_autotune(on=True):
     _state["enabled"] = bool(on)
 
 
-def cache_dir():
-    root = os.environ.get("MINIFCN_CACHE_DIR") or os.path.join(
+def cache_root():
+    """minifcn's own cache folder (the route tables here, precompile's records): $MINIFCN_CACHE_DIR, else
+    ~/.cache/minifcn (or under $XDG_CACHE_HOME)."""
+    return os.environ.get("MINIFCN_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "minifcn")
-    return os.path.join(root, "autotune")
+
+
+def cache_dir():
+    return os.path.join(cache_root(), "autotune")
 
 
 def identity(threads):

@@ -121,7 +121,7 @@ def marker_path(group, dtype):
     who = {**autotune.identity(0), "numba": numba.__version__, "numba_cache": numba.config.CACHE_DIR,
            "python": sys.version_info[:2]}
     digest = hashlib.sha256(json.dumps(who, sort_keys=True).encode()).hexdigest()[:16]
-    return os.path.join(os.path.dirname(autotune.cache_dir()), "precompiled", f"{group}-{np.dtype(dtype).name}-{digest}")
+    return os.path.join(autotune.cache_root(), "precompiled", f"{group}-{np.dtype(dtype).name}-{digest}")
 
 
 def shares(names, workers):

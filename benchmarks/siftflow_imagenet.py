@@ -82,12 +82,13 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="stages trained at once, one process each")
     p.add_argument("--only", nargs="+", help="run only these stages now")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--weights", default=WEIGHTS, choices=sorted(zoo.available()),
+    shipped = zoo.available()  # read once: the choices here, the chosen one's provenance below
+    p.add_argument("--weights", default=WEIGHTS, choices=sorted(shipped),
                    help="the shipped classifier the body comes from (minifcn weights list)")
     args = p.parse_args(argv)
     if not os.path.isdir(ROOT):
         sys.exit(f"SIFT Flow not found at {ROOT}; set MINIFCN_SIFTFLOW")
-    about = zoo.available()[args.weights]  # its sizes for the plan, its scores for the record
+    about = shipped[args.weights]  # its sizes for the plan, its scores for the record
     started, stages = time.time(), plan(args, about)
     run_stages(stages, exclude_absent=True, jobs=args.jobs, only=args.only)
     test = SIFTFlow(ROOT, "test")  # native 256 x 256

@@ -12,7 +12,10 @@ import dataclasses
 import functools
 import json
 import multiprocessing as mp
+import multiprocessing.connection
 import os
+import signal
+import threading
 import time
 
 import numpy as np
@@ -127,7 +130,7 @@ def _run_in_processes(chosen, folders, jobs, band_width, exclude_absent, log):
                 with _environment({k: threads for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                                         "NUMBA_NUM_THREADS")}):
                     pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
-                    future = pool.submit(_run_stage, s, folders, band_width, exclude_absent, worker_log, False)
+                    future = pool.submit(_run_stage_in_worker, s, folders, band_width, exclude_absent, worker_log)
                 running[future] = (s, pool)
                 log(f"{s.name}: started ({threads} thread{'s' * (threads != '1')})")
             done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
@@ -144,6 +147,29 @@ def _run_in_processes(chosen, folders, jobs, band_width, exclude_absent, log):
         for _, pool in running.values():
             pool.shutdown(cancel_futures=True)
     return results
+
+
+def _run_stage_in_worker(stage, folders, band_width, exclude_absent, log):
+    """``_run_stage`` in a worker process that stops when the process that started it is gone.
+
+    If the parent is killed (``kill``, SIGKILL, a crash), nothing else would stop its worker, which
+    would train on unseen for an hour. So a thread waits on the parent and, when it ends, sends this
+    process SIGTERM, which training turns into a checkpoint and a clean stop (``minifcn.interrupts``);
+    re-running the experiment resumes from there.
+    """
+    gone = threading.Event()
+
+    def watch(parent):
+        multiprocessing.connection.wait([parent.sentinel])
+        gone.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, args=(mp.parent_process(),), daemon=True).start()
+    try:
+        return _run_stage(stage, folders, band_width, exclude_absent, log, False)
+    finally:
+        if gone.is_set():  # nobody is left to take a result: end here (the checkpoint is written)
+            os._exit(128 + signal.SIGTERM)
 
 
 def _epochs_on_longest_chain(stages):

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from . import atomic, distributed, nn, runlock
+from . import atomic, distributed, interrupts, nn, runlock
 from . import functional as F
 from .autograd import Tensor, no_grad
 from .checkpoint import load_classifier, read_checkpoint, save_checkpoint
@@ -193,7 +193,8 @@ def pretrain(config, resume=True, progress=True, log=print, world=None):
 
     Under ``mpiexec -n N`` the ranks share each batch as ``train`` does (minifcn.distributed). With
     batch normalisation each rank normalises by its own rows' statistics (as PyTorch's DDP does without
-    SyncBatchNorm), so N ranks train a slightly different net than one process."""
+    SyncBatchNorm), so N ranks train a slightly different net than one process. SIGTERM stops it as Ctrl-C
+    does; a resumed run continues from the last checkpoint written."""
     world = world or distributed.world()
     path = os.path.join(config.out, "classifier.npz")
     if config.batch_size < world.size:
@@ -206,7 +207,7 @@ def pretrain(config, resume=True, progress=True, log=print, world=None):
     root = world.rank == 0
     if root:
         os.makedirs(config.out, exist_ok=True)
-    with runlock.hold(config.out, log) if root else contextlib.nullcontext():
+    with runlock.hold(config.out, log) if root else contextlib.nullcontext(), interrupts.terminate_as_interrupt():
         return _pretrain(config, path, train_set, val_set, resume, progress and root,
                          log if root else (lambda *_: None), world)
 

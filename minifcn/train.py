@@ -15,7 +15,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from . import atomic, distributed, models, nn, runlock
+from . import atomic, distributed, interrupts, models, nn, runlock
 from . import functional as F
 from .checkpoint import (CheckpointError, init_path, initialize, load_checkpoint, read_checkpoint,  # noqa: F401 (re-exported)
                          save_checkpoint)
@@ -185,9 +185,11 @@ def train(config, resume=False, max_steps=None, progress=True, log=print, overwr
     and proven writable; an --out holding a checkpoint needs ``resume`` (continue it) or ``overwrite``.
     The run holds --out's lock throughout (``runlock``): a second run into the same folder is refused.
     A checkpoint is written only while the loss and every weight are finite, so the one on disk is
-    always good. The end of an epoch -- validation and its line in metrics.jsonl -- is recorded in the
-    checkpoint as pending until done, so a run interrupted there finishes it when resumed; resuming also
-    cuts the log back to the epochs the checkpoint knows were logged.
+    always good. Ctrl-C or SIGTERM (``kill``, a scheduler) stops the run between two steps with a
+    checkpoint, so resuming gives the uninterrupted run's weights bit for bit (``minifcn.interrupts``).
+    The end of an epoch -- validation and its line in metrics.jsonl -- is recorded in the checkpoint as
+    pending until done, so a run interrupted there finishes it when resumed; resuming also cuts the log
+    back to the epochs the checkpoint knows were logged.
 
     Under ``mpiexec -n N`` (or with ``world``, a minifcn.distributed world) the N processes train one
     model on one global batch of ``batch_size``, each computing its rows; rank 0 alone holds --out,
@@ -208,7 +210,7 @@ def train(config, resume=False, max_steps=None, progress=True, log=print, overwr
     root = world.rank == 0
     if root:
         _make_out(config)
-    with runlock.hold(config.out, log) if root else contextlib.nullcontext():
+    with runlock.hold(config.out, log) if root else contextlib.nullcontext(), interrupts.terminate_as_interrupt():
         return _train(config, train_set, val_set, resume, max_steps, progress and root,
                       log if root else (lambda *_: None), overwrite, world)
 
@@ -346,15 +348,17 @@ def _train(config, train_set, val_set, resume, max_steps, progress, log, overwri
                                                                          (loss_total, correct, counted))
             if not np.isfinite(loss_total):
                 diverged(f"loss became {loss_total} at step {step} (epoch {epoch})")
-            optimizer.step()
-            step += 1
-            verified = False
+            with interrupts.whole():  # a Ctrl-C or SIGTERM waits until the step, and an epoch's end, are recorded
+                optimizer.step()
+                step += 1
+                verified = False
+                if step % steps_per_epoch == 0:
+                    pending = {"epoch": step // steps_per_epoch, "step": step, "loss": loss_total}
             seen += len(chunk)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_total:.3f}", acc=f"{correct / max(counted, 1):.3f}",
                             img_s=f"{seen / (time.time() - started):.1f}")
-            if step % steps_per_epoch == 0:
-                pending = {"epoch": step // steps_per_epoch, "step": step, "loss": loss_total}
+            if pending:
                 finish_epoch()
             elif step % config.checkpoint_every == 0:
                 checkpoint()

@@ -69,8 +69,22 @@ def native(result_stage, test):
     return evaluate_with_band(model, test, len(SIFTFLOW_CLASSES), exclude_absent=True)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def row(result_stage, args, test):
+    """A finished stage's row of the table, scored at 256 x 256; None while it is not finished."""
+    path = os.path.join(result_stage.config.out, "result.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        result = json.load(f)
+    if args.size:  # scored at the training size by run_stages; the published numbers are at 256
+        result = {**native(result_stage, test), "train_seconds": result["train_seconds"]}
+    result["train_minutes"] = result.pop("train_seconds") / 60
+    return result
+
+
+def parser(shipped, description=__doc__):
+    """The options (``shipped``: the classifiers that ship, ``zoo.available()``); siftflow_rerun.py takes them too."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/siftflow-imagenet", help="checkpoints and per-stage results")
     p.add_argument("--results", default=os.path.join(HERE, "results"))
     p.add_argument("--size", type=int, default=None, help="train on photos resized to size x size (default: 256)")
@@ -82,10 +96,14 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="stages trained at once, one process each")
     p.add_argument("--only", nargs="+", help="run only these stages now")
     p.add_argument("--seed", type=int, default=0)
-    shipped = zoo.available()  # read once: the choices here, the chosen one's provenance below
     p.add_argument("--weights", default=WEIGHTS, choices=sorted(shipped),
                    help="the shipped classifier the body comes from (minifcn weights list)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    shipped = zoo.available()  # read once: the choices, and the chosen one's provenance
+    args = parser(shipped).parse_args(argv)
     if not os.path.isdir(ROOT):
         sys.exit(f"SIFT Flow not found at {ROOT}; set MINIFCN_SIFTFLOW")
     about = shipped[args.weights]  # its sizes for the plan, its scores for the record
@@ -94,13 +112,9 @@ def main(argv=None):
     test = SIFTFlow(ROOT, "test")  # native 256 x 256
     results, from_random, minutes = {}, {}, 0.0
     for s in stages:
-        if not os.path.exists(os.path.join(s.config.out, "result.json")):
+        result = row(s, args, test)
+        if result is None:
             continue
-        with open(os.path.join(s.config.out, "result.json")) as f:
-            result = json.load(f)
-        if args.size:  # scored at the training size by run_stages; the published numbers are at 256
-            result = {**native(s, test), "train_seconds": result["train_seconds"]}
-        result["train_minutes"] = result.pop("train_seconds") / 60
         minutes += result["train_minutes"]
         (from_random if s.name in RANDOM else results)[s.name.removeprefix("random-")] = result
     record = {"setup": {**{k: v for k, v in vars(args).items() if k not in ("out", "results", "only")},

@@ -118,3 +118,26 @@ def test_a_classifier_is_shipped_and_the_siftflow_table_starts_from_it(tmp_path,
         (results / "siftflow-imagenet.json").read_text())
     assert (results / "siftflow_test_predictions.npz").read_bytes() == (
         results / "siftflow-imagenet_test_predictions.npz").read_bytes()
+
+    # the rerun noise: 16s -> 8s and the control again from the same FCN-32s under another seed
+    options = ["--size", "32", "--epochs", "1", "--fixed-epochs", "1", "--later-epochs", "1", "--jobs", "1",
+               "--out", str(tmp_path / "runs"), "--results", str(results), "--weights", "vgg16-tinyimagenet"]
+    rerun = script("siftflow_rerun", monkeypatch, MINIFCN_SIFTFLOW=root)
+    with pytest.raises(SystemExit):
+        rerun.main([*options, "--rerun-seed", "0"])  # the table's own seed measures nothing
+    trained = (tmp_path / "runs" / "fcn32s" / "checkpoint.npz").stat().st_mtime_ns
+    rerun.main([*options, "--rerun-seed", "3"])
+    assert (tmp_path / "runs" / "fcn32s" / "checkpoint.npz").stat().st_mtime_ns == trained  # reused, not retrained
+    noise = json.loads((results / "siftflow-imagenet-rerun.json").read_text())
+    branches = ("fcn16s", "fcn8s", "fcn32s-control")
+    assert noise["seeds"]["0"] == {name: record["results"][name] for name in branches}
+    for seed, rows in noise["seeds"].items():
+        assert set(rows) == set(branches)
+        assert noise["gap_fcn8s_minus_control"][seed]["mean_iu"] == pytest.approx(
+            rows["fcn8s"]["mean_iu"] - rows["fcn32s-control"]["mean_iu"])
+    for name in branches:
+        first, again = (json.loads((tmp_path / "runs" / folder / "config.json").read_text())
+                        for folder in (name, f"{name}-seed3"))
+        assert {k for k in first if first[k] != again[k]} <= {"seed", "out", "init"} and again["seed"] == 3
+    assert json.loads((tmp_path / "runs" / "fcn16s-seed3" / "config.json").read_text())["init"].endswith(
+        os.path.join("runs", "fcn32s", "checkpoint.npz"))

@@ -82,6 +82,41 @@ def test_a_signal_inside_an_optimiser_step_stops_after_it_and_the_resumed_run_is
     assert [entry["epoch"] for entry in logged] == [1, 2]
 
 
+def test_sigterm_stops_pretraining_as_ctrl_c_does_and_the_resumed_run_is_exact(tmp_path, monkeypatch):
+    import minifcn.pretrain as stage
+    from minifcn.config import PretrainConfig
+    data = synthesize(str(tmp_path / "voc"), 8, 4, 64, progress=False)
+    settings = dict(data=data, width=1 / 16, fc_width=16, crop=32, crops_per_image=2, epochs=2, batch_size=8,
+                    checkpoint_every=1)
+    straight, _ = stage.pretrain(PretrainConfig(**settings, out=str(tmp_path / "straight")), progress=False)
+    calls, real = [], stage.train_step
+
+    def step_then_sigterm(*args):
+        calls.append(1)
+        loss = real(*args)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGTERM)
+        return loss
+
+    def reached_the_test(*_):
+        raise AssertionError("SIGTERM reached the test's own handler: pre-training did not take it")
+
+    config = PretrainConfig(**settings, out=str(tmp_path / "stopped"))
+    monkeypatch.setattr(stage, "train_step", step_then_sigterm)
+    previous = signal.signal(signal.SIGTERM, reached_the_test)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            stage.pretrain(config, progress=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.undo()
+    assert not os.path.exists(os.path.join(config.out, ".minifcn.lock"))  # released, as a clean end does
+    resumed, history = stage.pretrain(config, progress=False)
+    assert [h["epoch"] for h in history] == [1, 2]
+    for (name, a), b in zip(straight.named_parameters(), resumed.parameters()):
+        assert np.array_equal(a.data, b.data), name
+
+
 def test_whole_delivers_a_held_signal_once_after_the_block_to_the_handler_in_place():
     seen = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))

@@ -164,7 +164,9 @@ def _run_stage_in_worker(stage, folders, band_width, exclude_absent, log):
         gone.set()
         os.kill(os.getpid(), signal.SIGTERM)
 
-    threading.Thread(target=watch, args=(mp.parent_process(),), daemon=True).start()
+    parent = mp.parent_process()
+    if parent is not None:  # None only when called in the main process
+        threading.Thread(target=watch, args=(parent,), daemon=True).start()
     try:
         return _run_stage(stage, folders, band_width, exclude_absent, log, False)
     finally:

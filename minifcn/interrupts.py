@@ -11,8 +11,9 @@ stopped one was. Two things could break that promise:
   another run than the uninterrupted one. ``whole`` holds both signals back while a step runs and delivers
   them as soon as it is complete.
 
-Both act only in the main thread (the only one where Python runs signal handlers) and leave a signal the
-process ignores (SIG_IGN, as a shell does for Ctrl-C in background jobs) ignored.
+Both act only in the main thread (the only one where Python runs signal handlers) and leave alone a
+signal the process ignores (SIG_IGN, as a shell does for Ctrl-C in background jobs) or one whose handler
+was not set from Python (it could not be put back).
 """
 
 import contextlib
@@ -26,14 +27,16 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _in_main_thread():
-    return threading.current_thread() is threading.main_thread()
+def _ours(signum):
+    """Whether this signal's handling may be changed here and put back afterwards."""
+    return threading.current_thread() is threading.main_thread() and signal.getsignal(signum) not in (
+        signal.SIG_IGN, None)
 
 
 @contextlib.contextmanager
 def terminate_as_interrupt():
     """While the block runs, SIGTERM raises KeyboardInterrupt, so the run checkpoints and stops as on Ctrl-C."""
-    if not _in_main_thread() or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+    if not _ours(signal.SIGTERM):
         yield
         return
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -46,12 +49,8 @@ def terminate_as_interrupt():
 @contextlib.contextmanager
 def whole():
     """Hold SIGINT and SIGTERM back while the block runs; deliver them, to their own handlers, right after it."""
-    if not _in_main_thread():
-        yield
-        return
     caught = []
-    held = [s for s in STOPPING if signal.getsignal(s) != signal.SIG_IGN]
-    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in STOPPING if _ours(s)}
     try:
         yield
     finally:

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from minifcn import zoo
+from minifcn import atomic, zoo
 from minifcn.checkpoint import load_classifier, read_checkpoint, save_checkpoint
 from minifcn.cpu import model_name
 from minifcn.models.vgg import VGG16_STAGES, scaled
@@ -54,8 +54,8 @@ def main(argv=None):
         "use": f"minifcn train --init {args.name} --fc6-kernel {config.fc6_kernel} --width {config.width:g} "
                f"--fc-width {config.fc_width} ...",
     }
-    with open(os.path.join(zoo.DIRECTORY, args.name + ".json"), "w") as f:
-        json.dump(about, f, indent=1)
+    # whole or absent: a provenance cut short would leave these weights out of every listing (zoo.available)
+    atomic.write_bytes(os.path.join(zoo.DIRECTORY, args.name + ".json"), json.dumps(about, indent=1).encode())
     print(json.dumps(about, indent=1))
 
 

@@ -23,12 +23,12 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import sys
 import time
 
 import numpy as np
 
+from minifcn import atomic
 from minifcn.config import PretrainConfig
 from minifcn.data import SIFTFLOW_CLASSES, SIFTFlow
 from minifcn.experiment import run_stages, save_predictions, stage, stage_predictions
@@ -113,8 +113,7 @@ def main(argv=None):
               "classes_absent_from_test": [SIFTFLOW_CLASSES[i] for i, iu in
                                            enumerate(results["fcn8s"]["class_iu"]) if iu is None or np.isnan(iu)]}
     name = f"siftflow-{variant(args)}"
-    with open(os.path.join(args.results, f"{name}.json"), "w") as f:
-        json.dump(record, f, indent=1)
+    atomic.write_bytes(os.path.join(args.results, f"{name}.json"), json.dumps(record, indent=1).encode())
     test = SIFTFlow(ROOT, "test", args.size)
     shown = [s for s in plan if s.name in ("fcn32s", "fcn16s", "fcn8s")]
     examples = sorted(set(np.linspace(0, len(test) - 1, 5).astype(int).tolist()))  # 0, 49, ... 199 on the real set
@@ -153,8 +152,8 @@ def publish_best(results_dir):
     best = max(runs, key=merit)
     for ext in (".json", ".png", "_predictions.npz", "_test_predictions.npz"):
         if os.path.exists(os.path.join(results_dir, f"siftflow-{best}{ext}")):
-            shutil.copyfile(os.path.join(results_dir, f"siftflow-{best}{ext}"),
-                            os.path.join(results_dir, f"siftflow{ext}"))
+            with open(os.path.join(results_dir, f"siftflow-{best}{ext}"), "rb") as f:
+                atomic.write_bytes(os.path.join(results_dir, f"siftflow{ext}"), f.read())
     print(f"siftflow.json is the {best} run")
 
 

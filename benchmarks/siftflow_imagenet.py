@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from minifcn import zoo
+from minifcn import atomic, zoo
 from minifcn.data import SIFTFLOW_CLASSES, SIFTFlow
 from minifcn.experiment import evaluate_with_band, run_stages, save_predictions, stage, stage_predictions
 from minifcn.train import TrainConfig, load_checkpoint, predictions
@@ -125,8 +125,7 @@ def main(argv=None):
               "train_minutes_total": minutes, "this_run_minutes": (time.time() - started) / 60,
               "classes": list(SIFTFLOW_CLASSES)}
     os.makedirs(args.results, exist_ok=True)
-    with open(os.path.join(args.results, "siftflow-imagenet.json"), "w") as f:
-        json.dump(record, f, indent=1)
+    atomic.write_bytes(os.path.join(args.results, "siftflow-imagenet.json"), json.dumps(record, indent=1).encode())
     if "fcn8s" in results:
         eight = next(s for s in stages if s.name == "fcn8s")
         _, model, _ = load_checkpoint(os.path.join(eight.config.out, "checkpoint.npz"))

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from minifcn import zoo
+from minifcn import atomic, zoo
 from minifcn.data import SIFTFlow
 from minifcn.experiment import Stage, run_stages
 import siftflow_imagenet as table
@@ -62,8 +62,7 @@ def main(argv=None):
               "seeds": {str(seed): r for seed, r in rows.items()},
               "gap_fcn8s_minus_control": {str(seed): g for seed, g in gaps.items()}}
     os.makedirs(args.results, exist_ok=True)
-    with open(os.path.join(args.results, "siftflow-imagenet-rerun.json"), "w") as f:
-        json.dump(record, f, indent=1)
+    atomic.write_bytes(os.path.join(args.results, "siftflow-imagenet-rerun.json"), json.dumps(record, indent=1).encode())
     for seed, r in rows.items():
         for name in BRANCHES:
             print(f"seed {seed}  {name:15} " + "  ".join(f"{k} {100 * r[name][k]:.1f}" for k in METRICS)

@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 
+from minifcn import atomic
 from minifcn.config import PretrainConfig
 from minifcn.data import VOC_CLASSES, VOCSegmentation, synthesize
 from minifcn.experiment import run_stages, save_predictions, stage, stage_predictions
@@ -120,8 +121,7 @@ def main(argv=None):
               "train_minutes_total": pretrain_minutes + sum(r["train_seconds"] for r in results.values()) / 60,
               "this_run_minutes": (time.time() - started) / 60,
               "results": results, "paper": PAPER, "classes": list(VOC_CLASSES)}
-    with open(os.path.join(args.results, "table2.json"), "w") as f:
-        json.dump(record, f, indent=1)
+    atomic.write_bytes(os.path.join(args.results, "table2.json"), json.dumps(record, indent=1).encode())
     val = VOCSegmentation(data, "val")
     shown = [s for s in plan if s.name in ("fcn32s", "fcn16s", "fcn8s")]
     rows = stage_predictions(shown, val, pick_examples(val, 5))

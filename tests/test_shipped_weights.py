@@ -48,3 +48,34 @@ def test_the_shipped_classifier_classifies_the_tutorial_photos():
 def test_an_unknown_name_lists_what_ships():
     with pytest.raises(ValueError, match="minifcn ships: .*vgg16-tinyimagenet"):
         pretrained("vgg19-imagenet")
+
+
+def test_a_damaged_provenance_leaves_out_its_weights_only_and_names_the_file(tmp_path, monkeypatch, capsys):
+    """A ship cut short (weights without provenance), a truncated, oversized, non-object or incomplete
+    provenance: each is left out with a warning naming its file, and the good entry still lists and loads."""
+    import json
+    import shutil
+    from helpers import run
+    good = "vgg16-tinyimagenet"
+    for ext in (".npz", ".json"):
+        shutil.copyfile(os.path.join(zoo.DIRECTORY, good + ext), tmp_path / (good + ext))
+    damaged = {"truncated": '{"summary": "VGG16 at wid', "a-list": "[1, 2]",
+               "huge": '{"pad": "' + "x" * zoo.MAX_PROVENANCE_BYTES + '"}',
+               "no-top1": json.dumps({k: v for k, v in zoo.available()[good].items() if k != "top1"}),
+               "text-top1": json.dumps({**zoo.available()[good], "top1": "35 %"})}
+    for name, text in {"cut-short": None, **damaged}.items():
+        (tmp_path / f"{name}.npz").write_bytes(b"")
+        if text is not None:
+            (tmp_path / f"{name}.json").write_text(text)
+    monkeypatch.setattr(zoo, "DIRECTORY", str(tmp_path))
+    with pytest.warns(UserWarning) as caught:
+        shipped = zoo.available()
+    assert list(shipped) == [good]
+    said = " | ".join(str(w.message) for w in caught)
+    for name in ("cut-short", *damaged):
+        assert f"{name!r} left out: {tmp_path / name}.json" in said, name
+    assert "'top1' is missing" in said and "'top1' is '35 %'" in said
+    with pytest.warns(UserWarning):  # said again on every listing
+        assert len(pretrained(good).classes) == shipped[good]["classes"]
+    code, err = run(capsys, "weights", "list")
+    assert code == 0 and "minifcn: warning: shipped weights 'truncated' left out" in err

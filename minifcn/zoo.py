@@ -25,8 +25,9 @@ def _check(provenance):
         raise ValueError(f"a JSON {type(provenance).__name__}, not an object")
     for key in TEXT + NUMBERS:
         value = provenance.get(key)
-        good = isinstance(value, str) if key in TEXT else (
-            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0)
+        number = (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and math.isfinite(value))  # an int is never converted: 10**400 stays exact
+        good = isinstance(value, str) if key in TEXT else number and value >= 0
         if not good:
             raise ValueError(f"its {key!r} is {'missing' if key not in provenance else repr(value)[:40]}; expected "
                              f"{'text' if key in TEXT else 'a finite number >= 0'}")
@@ -36,8 +37,8 @@ def available():
     """{name: provenance} of every shipped set of weights, by name.
 
     A set whose provenance is missing (a copy or a ship cut short), unreadable, larger than 1 MB, or not
-    a JSON object with the fields ``minifcn weights list`` shows is left out with a warning naming the file: one damaged entry must not hide the others,
-    nor stop every command that lists them."""
+    a JSON object with the fields ``minifcn weights list`` shows is left out with a warning naming the
+    file: one damaged entry must not hide the others, nor stop every command that lists them."""
     found = {}
     if os.path.isdir(DIRECTORY):
         for entry in sorted(os.listdir(DIRECTORY)):
@@ -51,7 +52,7 @@ def available():
                 with open(about, encoding="utf-8") as f:
                     provenance = json.load(f)
                 _check(provenance)
-            except (OSError, ValueError) as err:  # JSON and UTF-8 decoding errors are ValueErrors
+            except (OSError, ValueError, RecursionError) as err:  # decoding errors are ValueErrors; deep nesting
                 reason = err.strerror if isinstance(err, OSError) and err.strerror else err
                 warnings.warn(f"shipped weights {name!r} left out: {about}: {reason}", stacklevel=2)
                 continue

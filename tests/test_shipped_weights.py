@@ -62,7 +62,9 @@ def test_a_damaged_provenance_leaves_out_its_weights_only_and_names_the_file(tmp
     damaged = {"truncated": '{"summary": "VGG16 at wid', "a-list": "[1, 2]",
                "huge": '{"pad": "' + "x" * zoo.MAX_PROVENANCE_BYTES + '"}',
                "no-top1": json.dumps({k: v for k, v in zoo.available()[good].items() if k != "top1"}),
-               "text-top1": json.dumps({**zoo.available()[good], "top1": "35 %"})}
+               "text-top1": json.dumps({**zoo.available()[good], "top1": "35 %"}),
+               "huge-int": json.dumps({**zoo.available()[good], "epochs": -10 ** 400}),
+               "nested": "[" * 200_000 + "]" * 200_000}
     for name, text in {"cut-short": None, **damaged}.items():
         (tmp_path / f"{name}.npz").write_bytes(b"")
         if text is not None:

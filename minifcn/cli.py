@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -255,9 +256,22 @@ def cmd_weights_list(args):
     if not shipped:
         print("no weights ship with this installation")
     for name, about in shipped.items():
-        print(f"{name}: {about['summary']}\n  top-1 {100 * about['top1']:.1f} %, top-5 {100 * about['top5']:.1f} % "
-              f"on {about['evaluated_on']}; {about['epochs']} epochs, {about['minutes']:.0f} min on {about['machine']}\n"
-              f"  made by: {about['command']}\n  start an FCN: {about['use']}")
+        field = functools.partial(_provenance_field, about)
+        print(f"{name}: {field('summary')}\n  top-1 {field('top1', 100, 1)} %, top-5 {field('top5', 100, 1)} % "
+              f"on {field('evaluated_on')}; {field('epochs')} epochs, {field('minutes', 1, 0)} min on "
+              f"{field('machine')}\n  made by: {field('command')}\n  start an FCN: {field('use')}")
+
+
+def _provenance_field(about, key, scale=1, digits=None):
+    """One field of shipped weights' provenance as text ("?" where it is missing, or is not a number where
+    ``digits`` asks for one): a provenance may come from elsewhere."""
+    value = about.get(key)
+    if digits is None:
+        return "?" if value is None else str(value)[:200]
+    try:
+        return "?" if isinstance(value, bool) else f"{scale * float(value):.{digits}f}"
+    except (TypeError, ValueError, OverflowError):
+        return "?"
 
 
 def cmd_weights(args):

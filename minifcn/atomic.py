@@ -2,10 +2,13 @@
 
 A run killed mid-write, or a full disk, must never leave a truncated checkpoint, mask or figure under
 its final name, and two writers must never share a temporary file. ``os.replace`` is atomic on one
-file system, so a reader sees the old file or the new one, never half of either.
+file system, so a reader sees the old file or the new one, never half of either. The small JSON files
+minifcn keeps beside its outputs are read back with a bound (``read_json``): a file may still be a
+stranger's.
 """
 
 import glob
+import json
 import os
 import secrets
 
@@ -44,6 +47,19 @@ def write_bytes(path, data):
         with open(tmp, "wb") as f:
             f.write(data)
     return write_atomically(path, write)
+
+
+def read_json(path, max_bytes):
+    """The JSON value in ``path`` if the file is at most ``max_bytes``. A larger file, text that is not UTF-8
+    JSON, or nesting too deep to decode (Python's decoder recurses) raise ValueError; a missing or unreadable
+    file, OSError."""
+    if os.path.getsize(path) > max_bytes:
+        raise ValueError(f"larger than {max_bytes:,} bytes")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except RecursionError:
+        raise ValueError("nested too deeply to read") from None
 
 
 def remove_leftovers(path, log=print):

@@ -8,9 +8,10 @@ a stranger (``checkpoint.read_checkpoint``; ``minifcn.weights.pretrained`` loads
 tampered with too.
 """
 
-import json
 import os
 import warnings
+
+from .atomic import read_json
 
 DIRECTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 MAX_PROVENANCE_BYTES = 1 << 20  # a provenance file is a few hundred bytes; a larger one is not read
@@ -30,13 +31,10 @@ def available():
                 continue
             about = os.path.join(DIRECTORY, name + ".json")
             try:
-                if os.path.getsize(about) > MAX_PROVENANCE_BYTES:
-                    raise ValueError(f"larger than {MAX_PROVENANCE_BYTES:,} bytes")
-                with open(about, encoding="utf-8") as f:
-                    provenance = json.load(f)
+                provenance = read_json(about, MAX_PROVENANCE_BYTES)
                 if not isinstance(provenance, dict):
                     raise ValueError(f"a JSON {type(provenance).__name__}, not an object")
-            except (OSError, ValueError, RecursionError) as err:  # decoding errors are ValueErrors; deep nesting
+            except (OSError, ValueError) as err:
                 reason = err.strerror if isinstance(err, OSError) and err.strerror else err
                 warnings.warn(f"shipped weights {name!r} left out: {about}: {reason}", stacklevel=2)
                 continue

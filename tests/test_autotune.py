@@ -128,6 +128,7 @@ def test_another_cpu_or_thread_count_measures_anew(tuning, monkeypatch):
 
 
 @pytest.mark.parametrize("poison", [b"{not json", b"[1, 2]", b'{"for": 1, "choices": []}', b"x" * (5 << 20),
+                                    b"[" * 5000 + b"]" * 5000,  # json's decoder recurses: RecursionError
                                     "bogus route", "route that cannot run here"])
 def test_a_table_that_is_not_ours_steers_nothing(tuning, poison):
     x = np.random.default_rng(0).standard_normal((1, 4, 12, 12))

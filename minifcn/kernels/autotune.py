@@ -29,7 +29,7 @@ import json
 import os
 import time
 
-from ..atomic import write_atomically
+from ..atomic import read_json, write_atomically
 
 MAX_SECONDS = 30.0
 TIMINGS = 3  # runs of a route that stays in contention; its fastest counts (a shared machine is noisy)
@@ -91,10 +91,7 @@ def table_path(who):
 def _read(path, who, routes):
     """The entries of the table at ``path`` that are for ``who`` and name known routes; {} if none."""
     try:
-        if os.path.getsize(path) > MAX_TABLE_BYTES:
-            return {}
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
+        saved = read_json(path, MAX_TABLE_BYTES)
     except (OSError, ValueError):
         return {}
     if not isinstance(saved, dict) or saved.get("for") != who or not isinstance(saved.get("choices"), dict):

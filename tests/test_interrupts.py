@@ -16,14 +16,10 @@ import minifcn.train as training
 from minifcn import interrupts
 from minifcn.data import synthesize
 from minifcn.train import TrainConfig, load_checkpoint, train
+from test_train import SMALL as TRAIN_SMALL
 
-SMALL = dict(model="fcn8s", width=1 / 16, fc_width=32, input_mode="pad32", batch_size=2, epochs=2,
-             checkpoint_every=100, crop=32, scale=(0.8, 1.2), optimizer="adam", lr=1e-3, warmup_steps=3)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return synthesize(str(tmp_path_factory.mktemp("synth")), 6, 2, 32, progress=False)
+# test_train's small run with Adam, checkpointed only at epoch ends and on the interrupt under test
+SMALL = {**TRAIN_SMALL, "checkpoint_every": 100, "optimizer": "adam", "lr": 1e-3, "warmup_steps": 3}
 
 
 def signal_inside_step(monkeypatch, step, signum):
@@ -52,16 +48,16 @@ def state(out):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("step", [2, 3])  # 3 steps an epoch: mid-epoch, and the step that ends epoch 1
-def test_a_signal_inside_an_optimiser_step_stops_after_it_and_the_resumed_run_is_exact(data, tmp_path, monkeypatch,
+def test_a_signal_inside_an_optimiser_step_stops_after_it_and_the_resumed_run_is_exact(dataset, tmp_path, monkeypatch,
                                                                                      step, signum):
     def reached_the_test(*_):
         raise AssertionError("SIGTERM reached the test's own handler: training did not take it")
 
     previous = signal.signal(signal.SIGTERM, reached_the_test)
     try:
-        straight = TrainConfig(data=data, out=str(tmp_path / "straight"), **SMALL)
+        straight = TrainConfig(data=dataset, out=str(tmp_path / "straight"), **SMALL)
         train(straight, progress=False)
-        stopped = TrainConfig(data=data, out=str(tmp_path / "stopped"), **SMALL)
+        stopped = TrainConfig(data=dataset, out=str(tmp_path / "stopped"), **SMALL)
         signal_inside_step(monkeypatch, step, signum)
         lines = []
         with pytest.raises(KeyboardInterrupt):
@@ -181,9 +177,9 @@ LONG = ["--model", "fcn8s", "--width", "0.0625", "--fc-width", "16", "--input-mo
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to follow the processes")
-def test_sigterm_stops_minifcn_train_with_a_checkpoint_and_its_folder_released(data, tmp_path):
+def test_sigterm_stops_minifcn_train_with_a_checkpoint_and_its_folder_released(dataset, tmp_path):
     out = tmp_path / "run"
-    run = subprocess.Popen([sys.executable, "-c", CLI, "train", "--data", data, "--out", str(out), *LONG,
+    run = subprocess.Popen([sys.executable, "-c", CLI, "train", "--data", dataset, "--out", str(out), *LONG,
                             "--checkpoint-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: (out / "checkpoint.npz").exists(), 120, "the first checkpoint", run)
@@ -208,9 +204,9 @@ run_stages([stage(base, sys.argv[2], "long")], jobs=2)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to follow the processes")
-def test_a_stage_worker_stops_with_a_checkpoint_when_its_parent_is_killed(data, tmp_path):
+def test_a_stage_worker_stops_with_a_checkpoint_when_its_parent_is_killed(dataset, tmp_path):
     folder, worker = tmp_path / "stages" / "long", None
-    parent = subprocess.Popen([sys.executable, "-c", STAGES, data, str(tmp_path / "stages")],
+    parent = subprocess.Popen([sys.executable, "-c", STAGES, dataset, str(tmp_path / "stages")],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: (folder / "checkpoint.npz").exists(), 120, "the worker's first checkpoint", parent)

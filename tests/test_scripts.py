@@ -97,8 +97,9 @@ def test_a_classifier_is_shipped_and_the_siftflow_table_starts_from_it(tmp_path,
     root = make_siftflow(tmp_path / "sf", [f"img{i}" for i in range(9)], size=48)
     table = script("siftflow_imagenet", monkeypatch, MINIFCN_SIFTFLOW=root)
     results = tmp_path / "results"
-    table.main(["--size", "32", "--epochs", "1", "--fixed-epochs", "1", "--later-epochs", "1", "--jobs", "1",
-                "--out", str(tmp_path / "runs"), "--results", str(results), "--weights", "vgg16-tinyimagenet"])
+    options = ["--size", "32", "--epochs", "1", "--fixed-epochs", "1", "--later-epochs", "1", "--jobs", "1",
+               "--out", str(tmp_path / "runs"), "--results", str(results), "--weights", "vgg16-tinyimagenet"]
+    table.main(options)
     record = json.loads((results / "siftflow-imagenet.json").read_text())
     assert set(record["results"]) == {"fcn32s-fixed", "fcn32s", "fcn16s", "fcn8s", "fcn32s-control"}
     assert set(record["from_random"]) == {"fcn32s-fixed", "fcn8s"}
@@ -119,9 +120,7 @@ def test_a_classifier_is_shipped_and_the_siftflow_table_starts_from_it(tmp_path,
     assert (results / "siftflow_test_predictions.npz").read_bytes() == (
         results / "siftflow-imagenet_test_predictions.npz").read_bytes()
 
-    # the rerun noise: 16s -> 8s and the control again from the same FCN-32s under another seed
-    options = ["--size", "32", "--epochs", "1", "--fixed-epochs", "1", "--later-epochs", "1", "--jobs", "1",
-               "--out", str(tmp_path / "runs"), "--results", str(results), "--weights", "vgg16-tinyimagenet"]
+    # the rerun noise: 16s -> 8s and the control again from the same FCN-32s under another seed (same options)
     rerun = script("siftflow_rerun", monkeypatch, MINIFCN_SIFTFLOW=root)
     with pytest.raises(SystemExit):
         rerun.main([*options, "--rerun-seed", "0"])  # the table's own seed measures nothing

@@ -39,7 +39,7 @@ class TrainConfig:
     lr_policy: str = "poly"  # or "fixed"
     warmup_steps: int = 0  # the rate ramps up linearly over these first steps (keeps from-scratch ReLUs alive)
     loss_reduction: str = "mean"  # "mean" over valid pixels, or "sum" (the paper's unnormalised loss)
-    class_weights: str = None  # "balanced": each class's loss weighted by its inverse pixel frequency
+    class_weights: str = None  # "balanced": each class's loss weighted by 1 / its pixel share; "sqrt": 1 / its root
     crop: int = None
     scale: tuple = (0.75, 1.25)
     train_split: str = "train"
@@ -86,7 +86,7 @@ class TrainConfig:
         choices = {"dataset": ("voc", "siftflow"), "model": tuple(models.MODELS), "optimizer": ("sgd", "adam"),
                    "lr_policy": ("poly", "fixed"), "loss_reduction": ("mean", "sum"),
                    "input_mode": models.fcn.INPUT_MODES, "upsampling": models.fcn.UPSAMPLING,
-                   "preprocess": PREPROCESS, "class_weights": (None, "balanced")}
+                   "preprocess": PREPROCESS, "class_weights": (None, "balanced", "sqrt")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 bad(name, f"one of {', '.join(map(str, allowed))}")

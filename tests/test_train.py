@@ -147,3 +147,21 @@ def test_balanced_weights_give_every_class_the_same_total_weight():
     np.testing.assert_allclose(w[:2], 100 / (3 * counts[:2]), rtol=1e-6)  # 1 / (K' f_c)
     np.testing.assert_allclose(w[:2] * counts[:2], 100 / 3, rtol=1e-6)  # the same total for each class...
     assert w[2] == BALANCED_CEILING < 100 / 3 and w[3] == 1  # ...up to the ceiling; an absent class keeps 1
+
+
+def test_sqrt_weights_lift_a_class_by_the_root_of_its_rarity_and_keep_a_pixels_mean_weight_one():
+    from minifcn.train import class_weights
+
+    class Labels:  # class 0 on 90 pixels, class 1 on 9, class 2 on 1, over two images; void ignored
+        ids = ["a", "b"]
+
+        def label(self, image_id):
+            return np.array([0] * 90 + [255] * 10 if image_id == "a" else [1] * 9 + [2] + [255] * 90, np.uint8)
+
+    w = class_weights(Labels(), 3, power=0.5)
+    share = np.array([0.9, 0.09, 0.01])
+    np.testing.assert_allclose(w[1] / w[0], 10 ** 0.5, rtol=1e-6)  # 10 times rarer: sqrt(10) times heavier
+    np.testing.assert_allclose(w[2] / w[1], 9 ** 0.5, rtol=1e-6)
+    np.testing.assert_allclose(np.dot(share, w), 1, rtol=1e-6)  # the loss keeps its scale
+    balanced = class_weights(Labels(), 3, power=1.0)  # power 1 is "balanced": the same total per class...
+    assert np.allclose(balanced[:2] * share[:2], 1 / 3) and balanced[2] == 25  # ...up to the ceiling

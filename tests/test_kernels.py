@@ -84,6 +84,7 @@ def test_reference_convolution_is_the_textbook_definition(g):
 ROUTES = [pytest.param(lambda: numba_cpu, lambda a: a, None, id="numba-auto"),
           pytest.param(lambda: numba_cpu, lambda a: a, "tiled", id="numba-tiled"),
           pytest.param(lambda: numba_cpu, lambda a: a, "shifted", id="numba-shifted"),
+          pytest.param(lambda: numba_cpu, lambda a: a, "winograd", id="numba-winograd"),
           pytest.param(lambda: numba_cpu, lambda a: a, "im2col", id="numba-im2col"),
           pytest.param(_cuda, lambda a: __import__("cupy").asarray(a), None, id="cuda", marks=pytest.mark.gpu)]
 
@@ -95,8 +96,9 @@ ROUTES = [pytest.param(lambda: numba_cpu, lambda a: a, None, id="numba-auto"),
 def test_convolution_ops_match_reference(module, to_device, route, dtype, g, cin, cout, square):
     """Every route a backend may choose (by channels, stride, dilation, padding) equals the textbook.
 
-    ``route`` forces Numba's register tiles or shifted GEMM (at stride 1; a stride above 1 goes through the
-    sub-pixel phases to them), or im2col + GEMM everywhere.
+    ``route`` forces Numba's register tiles, shifted GEMM or Winograd (at stride 1; a stride above 1 goes
+    through the sub-pixel phases to them; Winograd takes undilated 3x3 forward passes and the input
+    gradients made of them, shifted GEMM the rest), or im2col + GEMM everywhere.
     ``square`` makes the kernel 3x3, the only size the tiled weight gradient takes.
     """
     kernels = module()
@@ -126,6 +128,22 @@ def test_every_tile_variant_matches_reference(pixels, dtype, g, cin, cout, rows)
     gy = rng.standard_normal(y.shape).astype(dtype)
     close(numba_tiled.conv2d_weight_grad(gy, x, w.shape, padding, dilation, pixels=pixels),
           reference.conv2d_weight_grad(gy, x, w.shape, 1, padding, dilation), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(g=conv_geometry(max_size=30), cin=st.sampled_from([None, 9, 24]), cout=st.sampled_from([None, 8, 20]),
+       tiles=st.sampled_from([1, 7, 256]))
+def test_winograd_matches_reference(dtype, g, cin, cout, tiles):
+    """F(2x2, 3x3) on every padding and odd or even map, cut into pieces of any number of blocks (one row of
+    blocks, a few, the default), against the textbook; its weight transform is G w G^T."""
+    from minifcn.kernels import winograd
+    g = dict(shaped(g, cin, cout, True), stride=(1, 1), dilation=(1, 1))
+    g["x_shape"] = g["x_shape"][:2] + tuple(max(n, 3 - 2 * p) for n, p in zip(g["x_shape"][2:], g["padding"]))
+    _, x, w, _ = random_arrays(g, dtype)
+    close(winograd.conv2d(x, w, g["padding"], tiles=tiles), reference.conv2d(x, w, 1, g["padding"], 1), dtype)
+    u = winograd.transform_weights(w).reshape(4, 4, *w.shape[:2])
+    G = winograd.G
+    np.testing.assert_allclose(u[:, :, -1, -1], G @ w[-1, -1].astype(np.float64) @ G.T, rtol=1e-6, atol=1e-6)
 
 
 def test_forward_tiles_fit_the_register_file():

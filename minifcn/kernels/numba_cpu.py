@@ -23,7 +23,7 @@ from numba.extending import intrinsic
 
 from .. import backend
 from ..conv_arithmetic import conv_geometry
-from . import autotune, gemm, numba_tiled, precompile, reference, shifted_gemm, subpixel
+from . import autotune, gemm, numba_tiled, precompile, reference, shifted_gemm, subpixel, winograd
 
 FLOAT_DTYPES = (np.float32, np.float64)  # Numba compiles no float16 arithmetic
 
@@ -105,14 +105,16 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
 #   "tiled2"   -- the forward tiles two output rows tall (only where measured faster: not in the rule)
 #   "shifted"  -- stride 1: one BLAS product per kernel tap, no im2col copy (shifted_gemm.py), when the
 #                 input has more channels than the output
+#   "winograd" -- 3x3, stride 1, undilated: F(2x2, 3x3), 16 BLAS products of 16/36 the multiply-adds
+#                 (winograd.py), for wide layers (only where measured faster: not in the rule)
 #   "im2col"   -- the textbook, with this module's im2col and col2im: 1x1 kernels (a reshape), small maps
 #   "subpixel" -- stride s: one stride-1 convolution over the s x s phases (subpixel.py), routed again
 # The input gradient is col2im(W^T g) ("col2im"), or at stride 1 the forward convolution of g with the
 # flipped kernel ("flipped"), itself routed as a forward pass; strided, over the phases ("subpixel").
 # Which route runs is measured once per shape on this CPU (autotune.py); the by-shape rule below decides
 # where that is off, and ROUTE forces one route wherever it can run (tests, benchmarks).
-ROUTES = ("tiled", "tiled2", "tiled6", "tiled4", "shifted", "im2col", "subpixel", "col2im", "flipped")
-ROUTE = None  # None: measured, or by shape; "tiled", "shifted" or "im2col" forces that route wherever it can run
+ROUTES = ("tiled", "tiled2", "tiled6", "tiled4", "shifted", "winograd", "im2col", "subpixel", "col2im", "flipped")
+ROUTE = None  # None: measured, or by shape; "tiled", "shifted", "winograd" or "im2col" forces that route where it can run
 
 
 def route(geo, in_channels, out_channels, weight_grad=False):
@@ -122,6 +124,8 @@ def route(geo, in_channels, out_channels, weight_grad=False):
     if geo.stride != (1, 1):
         return "subpixel" if subpixel.applies(geo) else "im2col"
     tiles_fit = geo.kernel == (3, 3) if weight_grad else True
+    if ROUTE == "winograd" and winograd.applies(geo) and not weight_grad:
+        return "winograd"
     if ROUTE is not None:
         return "tiled" if ROUTE == "tiled" and tiles_fit else "shifted"
     if tiles_fit and use_tiled(geo.out[1], in_channels * out_channels, weight_grad):
@@ -159,6 +163,8 @@ def candidates(op, input_shape, geo, w_shape, itemsize):
     else:
         ways = numba_tiled.forward_tiles() if op == "conv2d" else ["tiled"] if geo.kernel == (3, 3) else []
         ways.append("shifted")
+        if op == "conv2d" and winograd.applies(geo):
+            ways.append("winograd")
     return ways + [unfold] if fits else ways
 
 
@@ -196,6 +202,8 @@ def conv2d(x, w, stride=1, padding=0, dilation=1):
             return numba_tiled.conv2d(x, w, geo.padding, geo.dilation, rows, channels=channels, vectors=vectors)
         if way == "shifted":
             return shifted_gemm.conv2d(x, w, geo.padding, geo.dilation)
+        if way == "winograd":
+            return winograd.conv2d(x, w, geo.padding)
         if way == "subpixel":
             return subpixel.conv2d(x, w, geo, conv2d, to_phases)
         return reference.conv2d(x, w, stride, padding, dilation, unfold=im2col, product=gemm.matmul)
@@ -240,7 +248,7 @@ def _flipped(geo, w_shape, always=False):
 def unfolds(op, input_shape, w_shape, stride=1, padding=0, dilation=1):
     """Whether ``op`` builds im2col columns here by the by-shape rule, the memory that minifcn.workspace
     bounds by cutting the work into pieces. The tiled and shifted-GEMM routes read the input where it
-    lies; strided convolutions are routed again per phase, so they count as unfolding. (A pass run whole
+    lies, and Winograd's transforms it a few hundred blocks at a time; strided convolutions are routed again per phase, so they count as unfolding. (A pass run whole
     is measured only over the routes whose columns fit, see ``candidates``.)"""
     geo = conv_geometry(input_shape, w_shape[2:], stride, padding, dilation)
     cout, cin = w_shape[:2]
@@ -249,7 +257,7 @@ def unfolds(op, input_shape, w_shape, stride=1, padding=0, dilation=1):
         if flipped is None:
             return True
         geo, cin, cout = flipped[2], cout, cin
-    return route(geo, cin, cout, weight_grad=op == "conv2d_weight_grad") not in ("tiled", "shifted")
+    return route(geo, cin, cout, weight_grad=op == "conv2d_weight_grad") not in ("tiled", "shifted", "winograd")
 
 
 def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1):

@@ -97,8 +97,8 @@ def test_convolution_ops_match_reference(module, to_device, route, dtype, g, cin
     """Every route a backend may choose (by channels, stride, dilation, padding) equals the textbook.
 
     ``route`` forces Numba's register tiles, shifted GEMM or Winograd (at stride 1; a stride above 1 goes
-    through the sub-pixel phases to them; Winograd takes undilated 3x3 forward passes and the input
-    gradients made of them, shifted GEMM the rest), or im2col + GEMM everywhere.
+    through the sub-pixel phases to them; Winograd takes undilated 3x3 kernels, the input gradient as a
+    forward pass, shifted GEMM the rest), or im2col + GEMM everywhere.
     ``square`` makes the kernel 3x3, the only size the tiled weight gradient takes.
     """
     kernels = module()
@@ -134,13 +134,18 @@ def test_every_tile_variant_matches_reference(pixels, dtype, g, cin, cout, rows)
 @given(g=conv_geometry(max_size=30), cin=st.sampled_from([None, 9, 24]), cout=st.sampled_from([None, 8, 20]),
        tiles=st.sampled_from([1, 7, 256]))
 def test_winograd_matches_reference(dtype, g, cin, cout, tiles):
-    """F(2x2, 3x3) on every padding and odd or even map, cut into pieces of any number of blocks (one row of
-    blocks, a few, the default), against the textbook; its weight transform is G w G^T."""
+    """F(2x2, 3x3), forward and weight gradient, on every padding and odd or even map, cut into pieces of
+    any number of blocks (one row of blocks, a few, the default), against the textbook; its weight
+    transform is G w G^T."""
     from minifcn.kernels import winograd
     g = dict(shaped(g, cin, cout, True), stride=(1, 1), dilation=(1, 1))
     g["x_shape"] = g["x_shape"][:2] + tuple(max(n, 3 - 2 * p) for n, p in zip(g["x_shape"][2:], g["padding"]))
     _, x, w, _ = random_arrays(g, dtype)
-    close(winograd.conv2d(x, w, g["padding"], tiles=tiles), reference.conv2d(x, w, 1, g["padding"], 1), dtype)
+    y = reference.conv2d(x, w, 1, g["padding"], 1)
+    close(winograd.conv2d(x, w, g["padding"], tiles=tiles), y, dtype)
+    gy = np.random.default_rng(g["seed"]).standard_normal(y.shape).astype(dtype)
+    close(winograd.conv2d_weight_grad(gy, x, w.shape, g["padding"], tiles=tiles),
+          reference.conv2d_weight_grad(gy, x, w.shape, 1, g["padding"], 1), dtype)
     u = winograd.transform_weights(w).reshape(4, 4, *w.shape[:2])
     G = winograd.G
     np.testing.assert_allclose(u[:, :, -1, -1], G @ w[-1, -1].astype(np.float64) @ G.T, rtol=1e-6, atol=1e-6)

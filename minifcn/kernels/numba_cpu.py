@@ -106,7 +106,7 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
 #   "shifted"  -- stride 1: one BLAS product per kernel tap, no im2col copy (shifted_gemm.py), when the
 #                 input has more channels than the output
 #   "winograd" -- 3x3, stride 1, undilated: F(2x2, 3x3), 16 BLAS products of 16/36 the multiply-adds
-#                 (winograd.py), for wide layers (only where measured faster: not in the rule)
+#                 (winograd.py), forward and weight gradient (only where measured faster: not in the rule)
 #   "im2col"   -- the textbook, with this module's im2col and col2im: 1x1 kernels (a reshape), small maps
 #   "subpixel" -- stride s: one stride-1 convolution over the s x s phases (subpixel.py), routed again
 # The input gradient is col2im(W^T g) ("col2im"), or at stride 1 the forward convolution of g with the
@@ -124,7 +124,7 @@ def route(geo, in_channels, out_channels, weight_grad=False):
     if geo.stride != (1, 1):
         return "subpixel" if subpixel.applies(geo) else "im2col"
     tiles_fit = geo.kernel == (3, 3) if weight_grad else True
-    if ROUTE == "winograd" and winograd.applies(geo) and not weight_grad:
+    if ROUTE == "winograd" and winograd.applies(geo):
         return "winograd"
     if ROUTE is not None:
         return "tiled" if ROUTE == "tiled" and tiles_fit else "shifted"
@@ -163,8 +163,8 @@ def candidates(op, input_shape, geo, w_shape, itemsize):
     else:
         ways = numba_tiled.forward_tiles() if op == "conv2d" else ["tiled"] if geo.kernel == (3, 3) else []
         ways.append("shifted")
-        if op == "conv2d" and winograd.applies(geo):
-            ways.append("winograd")
+        if op == "conv2d" or op == "conv2d_weight_grad":
+            ways += ["winograd"] if winograd.applies(geo) else []
     return ways + [unfold] if fits else ways
 
 
@@ -268,6 +268,8 @@ def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1):
             return numba_tiled.conv2d_weight_grad(g, x, w_shape, geo.padding, geo.dilation)
         if way == "shifted":
             return shifted_gemm.conv2d_weight_grad(g, x, w_shape, geo.padding, geo.dilation)
+        if way == "winograd":
+            return winograd.conv2d_weight_grad(g, x, w_shape, geo.padding)
         if way == "subpixel":
             return subpixel.conv2d_weight_grad(g, x, w_shape, geo, conv2d_weight_grad, to_phases)
         return reference.conv2d_weight_grad(g, x, w_shape, stride, padding, dilation, unfold=im2col,

@@ -49,7 +49,9 @@ def _tiles(kernels, dtype):
 
 
 def _winograd(numba_cpu, dtype):
-    numba_cpu.winograd.conv2d(_zeros(dtype, 1, 1, 4, 4), _zeros(dtype, 1, 1, 3, 3), (1, 1))
+    x = _zeros(dtype, 1, 1, 4, 4)
+    numba_cpu.winograd.conv2d(x, _zeros(dtype, 1, 1, 3, 3), (1, 1))
+    numba_cpu.winograd.conv2d_weight_grad(x, x, (1, 1, 3, 3), (1, 1))
 
 
 def _im2col(numba_cpu, dtype):

@@ -22,6 +22,14 @@ multiply-adds; the transforms are passes over memory, so the route pays on layer
 products to dominate (here: the full-width net), and autotune measures where. The transforms only add
 and subtract (G's halves are exact in binary), so the result differs from the direct sum by rounding
 alone, a few units in the last place of the largest term. Stride 1, dilation 1, 3x3 kernels, any padding.
+
+The weight gradient is the same map transposed. Per block, Y is linear in g: Y = A^T [(G g G^T) * V] A,
+so dL/dg = G^T [V * (A dY A^T)] G, and summed over blocks
+
+    dW[o, c] = G^T S[o, c] G,    S_ab = Z_ab @ V_ab^T,    Z_ab[o, t] = (A dY_ot A^T)_ab  (Cout x tiles)
+
+16 products whose inner dimension is the tiles (hundreds per piece, summed over the pieces), between
+the input's transform and the output gradient's, A dY A^T with A = (A^T)^T, 4 x 2.
 """
 
 import numpy as np
@@ -38,11 +46,14 @@ def applies(geo):
     return geo.kernel == (3, 3) and geo.stride == (1, 1) and geo.dilation == (1, 1)
 
 
+GG = np.kron(G, G)  # (G (x) G)[4a + b, 3i + j] = G_ai G_bj
+
+
 def transform_weights(w):
     """U[4a + b, o, c] = (G w[o, c] G^T)_ab = sum_ij G_ai G_bj w[o, c, i, j]: one product with G (x) G,
     (16 x 9) @ (9 x Cout Cin). Its entries are 0, +-1/4, +-1/2 and 1, exact in binary."""
     O, C = w.shape[:2]
-    return matmul(np.kron(G, G).astype(w.dtype), w.reshape(O * C, 9).T).reshape(16, O, C)
+    return matmul(GG.astype(w.dtype), w.reshape(O * C, 9).T).reshape(16, O, C)
 
 
 @njit(inline="always")
@@ -113,6 +124,29 @@ def _transform_output(m, TH, TW, r0, r1, y):
                 _output_row(s[4 * a], s[4 * a + 1], s[4 * a + 2], s[4 * a + 3], y[n, o, top + a])
 
 
+@njit(parallel=True, cache=True)
+def _transform_grad(gp, TH, TW, r0, r1, z):
+    """z[4a + b, o, (R - r0) TW + tx] = (A e A^T)_ab for the rows of blocks R = n TH + ty in r0 .. r1 - 1, e the
+    2x2 block of gp[n, o] at (2 ty, 2 tx). A's rows are (1, 0), (1, 1), (1, -1), (0, -1): e's two rows become
+    four (whole rows at once), then each one's two columns 2tx, 2tx + 1 become four."""
+    O, Wp = gp.shape[1], gp.shape[3]
+    for o in prange(O):
+        t = np.empty((4, Wp), gp.dtype)
+        for R in range(r0, r1):
+            n, top, base = R // TH, 2 * (R % TH), (R - r0) * TW
+            e0, e1 = gp[n, o, top], gp[n, o, top + 1]
+            for j in range(Wp):
+                t[0, j], t[1, j], t[2, j], t[3, j] = e0[j], e0[j] + e1[j], e0[j] - e1[j], -e1[j]
+            for a in range(4):
+                ta = t[a]
+                z0, z1 = z[4 * a, o, base: base + TW], z[4 * a + 1, o, base: base + TW]
+                z2, z3 = z[4 * a + 2, o, base: base + TW], z[4 * a + 3, o, base: base + TW]
+                for tx in range(TW):
+                    q = np.uint64(2 * tx)
+                    left, right = ta[q], ta[q + 1]
+                    z0[tx], z1[tx], z2[tx], z3[tx] = left, left + right, left - right, -right
+
+
 PIECE_TILES = 256  # blocks per piece: its transformed input and products stay in cache until read back,
 # and BLAS still gets 256 columns. Measured on one thread of a Zen 4 (pieces of 64-1024 blocks, layers of
 # 32-512 channels): smaller pieces starve the 512-channel products, larger ones the cache.
@@ -141,3 +175,25 @@ def conv2d(x, w, padding, tiles=PIECE_TILES):
         _transform_input(xp, TH, TW, r0, r1, v)
         _transform_output(matmul(u, v), TH, TW, r0, r1, y)
     return y
+
+
+def conv2d_weight_grad(g, x, w_shape, padding, tiles=PIECE_TILES):
+    """dw[o, c, i, j] = sum_{n,y,x} g[n, o, y, x] x[n, c, y - p + i, x - p + j] for 3x3 kernels, by F(2x2, 3x3)
+    transposed: S = sum over pieces of Z V^T in the transformed domain, then dW = G^T S G."""
+    dtype = np.result_type(x.dtype, g.dtype)
+    N, C, H, W = x.shape
+    O, OH, OW = g.shape[1:]
+    TH, TW = -(-OH // 2), -(-OW // 2)
+    xp = _placed(x.astype(dtype, copy=False), (N, C, 2 * TH + 2, 2 * TW + 2), *padding)
+    gp = _placed(g.astype(dtype, copy=False), (N, O, 2 * TH, 2 * TW))  # odd edges: zeros add nothing
+    s = np.zeros((16, O, C), dtype)
+    step = rows_per_piece(TW, tiles)
+    for r0 in range(0, N * TH, step):
+        r1 = min(r0 + step, N * TH)
+        v = np.empty((16, C, (r1 - r0) * TW), dtype)
+        z = np.empty((16, O, (r1 - r0) * TW), dtype)
+        _transform_input(xp, TH, TW, r0, r1, v)
+        _transform_grad(gp, TH, TW, r0, r1, z)
+        s += matmul(z, v.transpose(0, 2, 1))
+    dw = matmul(GG.T.astype(dtype), s.reshape(16, O * C))  # G^T S G: (9 x 16) @ (16 x Cout Cin)
+    return np.ascontiguousarray(dw.T).reshape(w_shape)

@@ -140,3 +140,21 @@ def test_a_classifier_is_shipped_and_the_siftflow_table_starts_from_it(tmp_path,
         assert {k for k in first if first[k] != again[k]} <= {"seed", "out", "init"} and again["seed"] == 3
     assert json.loads((tmp_path / "runs" / "fcn16s-seed3" / "config.json").read_text())["init"].endswith(
         os.path.join("runs", "fcn32s", "checkpoint.npz"))
+
+    # the same branches under a loss that lifts rare classes, seed unchanged; one change at a time
+    with pytest.raises(SystemExit):
+        rerun.main([*options, "--rerun-seed", "3", "--class-weights", "sqrt"])
+    rerun.main([*options, "--class-weights", "sqrt"])
+    assert (tmp_path / "runs" / "fcn32s" / "checkpoint.npz").stat().st_mtime_ns == trained
+    lifted = json.loads((results / "siftflow-imagenet-sqrt.json").read_text())
+    assert set(lifted["losses"]) == {"equal", "sqrt"}
+    assert lifted["losses"]["equal"] == noise["seeds"]["0"]
+    assert lifted["gap_fcn8s_minus_control"]["sqrt"]["mean_acc"] == pytest.approx(
+        lifted["losses"]["sqrt"]["fcn8s"]["mean_acc"] - lifted["losses"]["sqrt"]["fcn32s-control"]["mean_acc"])
+    for name in branches:
+        first, again = (json.loads((tmp_path / "runs" / folder / "config.json").read_text())
+                        for folder in (name, f"{name}-sqrt"))
+        assert {k for k in first if first[k] != again[k]} <= {"class_weights", "out", "init"}
+        assert again["class_weights"] == "sqrt" and again["seed"] == first["seed"]
+    assert json.loads((tmp_path / "runs" / "fcn8s-sqrt" / "config.json").read_text())["init"].endswith(
+        os.path.join("runs", "fcn16s-sqrt", "checkpoint.npz"))

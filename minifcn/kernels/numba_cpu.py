@@ -105,8 +105,8 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
 #   "tiled2"   -- the forward tiles two output rows tall (only where measured faster: not in the rule)
 #   "shifted"  -- stride 1: one BLAS product per kernel tap, no im2col copy (shifted_gemm.py), when the
 #                 input has more channels than the output
-#   "winograd" -- 3x3, stride 1, undilated: F(2x2, 3x3), 16 BLAS products of 16/36 the multiply-adds
-#                 (winograd.py), forward and weight gradient (only where measured faster: not in the rule)
+#   "winograd" -- 3x3, stride 1, undilated, 128 channels or more in and out: F(2x2, 3x3), 16 BLAS products
+#                 of 16/36 the multiply-adds (winograd.py), forward and weight gradient (not in the rule)
 #   "im2col"   -- the textbook, with this module's im2col and col2im: 1x1 kernels (a reshape), small maps
 #   "subpixel" -- stride s: one stride-1 convolution over the s x s phases (subpixel.py), routed again
 # The input gradient is col2im(W^T g) ("col2im"), or at stride 1 the forward convolution of g with the
@@ -163,8 +163,8 @@ def candidates(op, input_shape, geo, w_shape, itemsize):
     else:
         ways = numba_tiled.forward_tiles() if op == "conv2d" else ["tiled"] if geo.kernel == (3, 3) else []
         ways.append("shifted")
-        if op == "conv2d" or op == "conv2d_weight_grad":
-            ways += ["winograd"] if winograd.applies(geo) else []
+        if op != "conv2d_input_grad" and winograd.applies(geo) and winograd.worth(cin, cout):
+            ways.append("winograd")
     return ways + [unfold] if fits else ways
 
 
@@ -203,6 +203,7 @@ def conv2d(x, w, stride=1, padding=0, dilation=1):
         if way == "shifted":
             return shifted_gemm.conv2d(x, w, geo.padding, geo.dilation)
         if way == "winograd":
+            prepare("winograd", x.dtype)
             return winograd.conv2d(x, w, geo.padding)
         if way == "subpixel":
             return subpixel.conv2d(x, w, geo, conv2d, to_phases)
@@ -269,6 +270,7 @@ def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1):
         if way == "shifted":
             return shifted_gemm.conv2d_weight_grad(g, x, w_shape, geo.padding, geo.dilation)
         if way == "winograd":
+            prepare("winograd", x.dtype)
             return winograd.conv2d_weight_grad(g, x, w_shape, geo.padding)
         if way == "subpixel":
             return subpixel.conv2d_weight_grad(g, x, w_shape, geo, conv2d_weight_grad, to_phases)

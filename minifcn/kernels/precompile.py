@@ -12,7 +12,8 @@ helpers run, so autotune measures on quiet cores.
 
 What has been done is recorded per CPU, kernel code, Numba cache folder and dtype in
 ``$MINIFCN_CACHE_DIR/precompiled/`` (default ~/.cache/minifcn), so later processes skip it. Batch norm,
-which only pretraining uses, is a group of its own, compiled when a batch-norm op first runs. Off with
+which only pretraining uses, is a group of its own, compiled when a batch-norm op first runs, and so is
+Winograd's route, which only layers of 128 channels and more take. Off with
 ``MINIFCN_PRECOMPILE=0``, and under an MPI launcher (its ranks already compile side by side). If a helper
 fails, its kernels compile on first use, as they would without any of this.
 """
@@ -92,13 +93,14 @@ def _batch_norm(numba_cpu, dtype):
 # name: (what it runs, its cost in kernels of about a second to compile: measured on a 2-core Zen 4)
 TASKS = {"tiles": (_tiles, 5.0), "loss": (_loss, 1.5), "phases": (_phases, 2.0), "pool": (_pool, 2.0),
          "im2col": (_im2col, 1.0), "col2im": (_col2im, 1.0), "relu": (_relu, 0.5), "batch_norm": (_batch_norm, 4.0), "winograd": (_winograd, 2.0)}
-GROUPS = {"fcn": ("tiles", "loss", "phases", "pool", "im2col", "col2im", "relu", "winograd"), "batch_norm": ("batch_norm",)}
+GROUPS = {"fcn": ("tiles", "loss", "phases", "pool", "im2col", "col2im", "relu"), "winograd": ("winograd",), "batch_norm": ("batch_norm",)}
 _state = {"seen": set(), "done": set(), "reports": []}
 
 
 def group_of(op):
-    """The group whose kernels ``op`` needs first: batch norm's own, or the rest (what an FCN runs)."""
-    return "batch_norm" if op.startswith("batch_norm") else "fcn"
+    """The group whose kernels ``op`` needs first: batch norm's own, Winograd's (a route only wide layers
+    take, "winograd"), or the rest (what an FCN runs)."""
+    return "batch_norm" if op.startswith("batch_norm") else "winograd" if op == "winograd" else "fcn"
 
 
 def enabled():

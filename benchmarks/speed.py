@@ -14,9 +14,10 @@ Sections:
 5. cold start: a fresh process with an empty Numba cache and an empty autotune table, from ``python``
    to the end of the first training step (import, kernel compilation and route measuring included),
    with the split: the kernels compiled up front, in how many processes, and the routes measured;
-6. (numba) the route table: every 3x3 layer of the small net, forward+backward, through each route
-   forced (register tiles, a BLAS product per tap, im2col), and the routes autotune chose for its
-   three passes on this CPU;
+6. (numba) the route table: every 3x3 layer of the small net (batch 8) and one of each width of the
+   full net (one 224x224 image), forward+backward, through each route forced (register tiles, a BLAS
+   product per tap, Winograd F(2x2, 3x3), im2col), and the routes autotune chose for its three passes
+   on this CPU;
 7. (numba) where the pad32 step's time goes: a profile, by function.
 The first lines name the CPU, the vector width the kernels compile to and the thread count.
 A ratio is minifcn / PyTorch: below 1 means minifcn is faster or smaller.
@@ -154,16 +155,24 @@ SMALL_NET_LAYERS = [  # (name, in, out, size at batch 8 of 128^2): pad100 sizes,
     ("conv3_2", 32, 32, 82), ("conv4_1", 32, 64, 41), ("conv4_2", 64, 64, 41), ("conv5_2", 64, 64, 21),
     ("conv1_2", 8, 8, 128), ("conv2_2", 16, 16, 64), ("conv3_2", 32, 32, 32), ("conv4_2", 64, 64, 16),
     ("conv5_2", 64, 64, 8)]
+FULL_NET_LAYERS = [  # (name, in, out, size at one 224^2 image): one layer of each width of VGG16
+    ("conv1_2", 64, 64, 224), ("conv2_2", 128, 128, 112), ("conv3_2", 256, 256, 56), ("conv4_2", 512, 512, 28),
+    ("conv5_2", 512, 512, 14)]
+
+
+ROUTES = ("tiled", "shifted", "winograd", "im2col")  # forced in turn in the route table
 
 
 def route_rows(repeat):
-    """Section 6: every 3x3 layer of the small FCN-8s, fwd+bwd, through each route forced (alternating, in
-    this process), and the routes autotune chose for the forward pass, the input and the weight gradient."""
+    """Section 6: every 3x3 layer of the small FCN-8s and some of the full one, fwd+bwd, through each route
+    forced (alternating, in this process), and the routes autotune chose for the forward pass, the input and
+    the weight gradient."""
     from minifcn import Tensor, functional as F
     from minifcn.kernels import autotune, numba_cpu
-    rng, rows, forced = np.random.default_rng(0), [], ("tiled", "shifted", "im2col")
-    for name, cin, cout, size in SMALL_NET_LAYERS:
-        x = Tensor(rng.standard_normal((8, cin, size, size)).astype(np.float32), requires_grad=True)
+    rng, rows, forced = np.random.default_rng(0), [], ROUTES
+    layers = [(8, *layer) for layer in SMALL_NET_LAYERS] + [(1, *layer) for layer in FULL_NET_LAYERS]
+    for batch, name, cin, cout, size in layers:
+        x = Tensor(rng.standard_normal((batch, cin, size, size)).astype(np.float32), requires_grad=True)
         w = Tensor(rng.standard_normal((cout, cin, 3, 3)).astype(np.float32) * 0.1, requires_grad=True)
 
         def step():
@@ -188,11 +197,12 @@ def route_rows(repeat):
             step()
         finally:
             autotune.choose = real
-        flops = 3 * 2 * 8 * cin * cout * 9 * size * size  # forward, input and weight gradient
+        flops = 3 * 2 * batch * cin * cout * 9 * size * size  # forward, input and weight gradient
         cells = [f"{np.median(times[r][1:]) * 1e3:.0f} ms ({flops / np.median(times[r][1:]) / 1e9:.0f} GF/s)"
                  for r in forced]
         dx = chosen[1] + (f" ({chosen[2]})" if chosen[1] == "flipped" else "")  # the flipped pass is a forward
-        rows.append(f"| {name} {cin}→{cout} at {size}² | " + " | ".join(cells) +
+        net = "small net, batch 8" if batch == 8 else "full net, 1 image"
+        rows.append(f"| {name} {cin}→{cout} at {size}², {net} | " + " | ".join(cells) +
                     f" | {chosen[0]} · {dx} · {chosen[-1]} |")
     assert minifcn.get_backend() == "numba"
     return rows
@@ -263,8 +273,8 @@ def main():
     if tuned:
         print(f"  routes measured: {tuned['measured']} passes, {tuned['seconds']} s (compiling included)")
     if args.backend == "numba":
-        print("\n| small-net layer, batch 8, fwd+bwd (numba) | register tiles | shifted GEMM | im2col | "
-              "routes chosen: forward · input grad · weight grad |\n|---|---|---|---|---|")
+        print("\n| 3x3 layer, fwd+bwd (numba; GF/s counts the direct sum's multiply-adds) | register tiles | shifted GEMM "
+              "| Winograd | im2col | routes chosen: forward · input grad · weight grad |\n|---|---|---|---|---|---|")
         for row in route_rows(args.repeat):
             print(row, flush=True)
         print(f"\nautotune in this process: {autotune.report()}")

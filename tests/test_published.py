@@ -38,16 +38,22 @@ def test_the_committed_siftflow_predictions_reproduce_the_published_metrics(reco
         assert scores[key] == pytest.approx(published[key], abs=1e-9), key
 
 
-def test_the_rerun_record_pairs_with_the_published_table_and_its_gaps_are_its_rows():
-    """siftflow_rerun.py's record: its seed-0 rows are the table's own, and each gap is FCN-8s minus the control."""
+@pytest.mark.parametrize("record, kind", [("siftflow-imagenet-rerun.json", "seeds"), ("siftflow-imagenet-sqrt.json", "losses")])
+def test_a_rerun_record_pairs_with_the_published_table_and_its_gaps_are_its_rows(record, kind):
+    """siftflow_rerun.py's records (another seed; the sqrt-weighted loss): the table's own run is one of its
+    two, row for row, the other changes only what it says, and each gap is FCN-8s minus the control."""
     with open(os.path.join(RESULTS, "siftflow-imagenet.json")) as f:
         table = json.load(f)
-    with open(os.path.join(RESULTS, "siftflow-imagenet-rerun.json")) as f:
+    with open(os.path.join(RESULTS, record)) as f:
         rerun = json.load(f)
-    first, again = str(table["setup"]["seed"]), str(rerun["setup"]["rerun_seed"])
-    assert set(rerun["seeds"]) == {first, again} and first != again
-    for name, row in rerun["seeds"][first].items():
+    if kind == "seeds":
+        first, again = str(table["setup"]["seed"]), str(rerun["setup"]["rerun_seed"])
+    else:
+        first, again = "equal", rerun["setup"]["class_weights"]
+        assert rerun["setup"]["seed"] == table["setup"]["seed"]
+    assert set(rerun[kind]) == {first, again} and first != again
+    for name, row in rerun[kind][first].items():
         assert row == table["results"][name], name
-    for seed, rows in rerun["seeds"].items():
-        for key, gap in rerun["gap_fcn8s_minus_control"][seed].items():
-            assert gap == pytest.approx(rows["fcn8s"][key] - rows["fcn32s-control"][key], abs=1e-12), (seed, key)
+    for label, rows in rerun[kind].items():
+        for key, gap in rerun["gap_fcn8s_minus_control"][label].items():
+            assert gap == pytest.approx(rows["fcn8s"][key] - rows["fcn32s-control"][key], abs=1e-12), (label, key)

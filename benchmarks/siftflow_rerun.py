@@ -10,7 +10,9 @@ and control must be done), with one thing changed:
   record ``results/siftflow-imagenet-rerun.json`` (``seeds``).
 - ``--class-weights sqrt`` (or ``balanced``): a loss that weights each class by the inverse square root of
   its pixel share (or the inverse share; ``minifcn.train.class_weights``), so that windows and poles count
-  for more than sky. Folders ``NAME-sqrt``, record ``results/siftflow-imagenet-sqrt.json`` (``losses``).
+  for more than sky. Folders ``NAME-sqrt``, record ``results/siftflow-imagenet-sqrt.json`` (``losses``),
+  its FCN-8s's prediction of every test photo (``_test_predictions.npz``) and a figure of both FCN-8s
+  (``siftflow-imagenet-sqrt.png``).
 
 Each record holds both runs' rows and, in each, the gap FCN-8s minus control.
 
@@ -23,9 +25,13 @@ import json
 import os
 import sys
 
+import numpy as np
+
 from minifcn import atomic, zoo
-from minifcn.data import SIFTFlow
-from minifcn.experiment import Stage, run_stages
+from minifcn.data import SIFTFLOW_CLASSES, SIFTFlow
+from minifcn.experiment import Stage, run_stages, stage_predictions
+from minifcn.train import load_checkpoint, predictions
+from minifcn.viz import prediction_grid
 import siftflow_imagenet as table
 
 BRANCHES = ("fcn16s", "fcn8s", "fcn32s-control")
@@ -47,6 +53,21 @@ def branches(stages, suffix, **change):
 def reseeded(stages, seed):
     """The table's FCN-32s, and its three branches under ``seed`` (``NAME-seedS``)."""
     return branches(stages, f"seed{seed}", seed=seed)
+
+
+def pictures(first, again, test, args):
+    """For the loss rerun: its FCN-8s's prediction of every test photo (``_test_predictions.npz``, in the label
+    files' values 1-33), and a figure of five test photos, FCN-8s under either loss beside the truth."""
+    eights = [next(s for s in stages if s.name.startswith("fcn8s")) for stages in (first, again)]
+    _, model, _ = load_checkpoint(os.path.join(eights[1].config.out, "checkpoint.npz"))
+    maps = {test.ids[i]: (pred[0] + 1).astype(np.uint8) for i, (pred, _) in enumerate(predictions(model, test, 1))}
+    name = f"siftflow-imagenet-{args.class_weights}"
+    np.savez_compressed(os.path.join(args.results, f"{name}_test_predictions.npz"), **maps)
+    examples = sorted(set(np.linspace(0, len(test) - 1, 5).astype(int).tolist()))
+    prediction_grid(stage_predictions(eights, test, examples), ["FCN-8s, equal loss", f"FCN-8s, {args.class_weights} loss"],
+                    os.path.join(args.results, f"{name}.png"),
+                    f"SIFT Flow test photos: FCN-8s trained with equal and with {args.class_weights}-weighted classes",
+                    SIFTFLOW_CLASSES)
 
 
 def main(argv=None):
@@ -81,6 +102,8 @@ def main(argv=None):
               kind: rows, "gap_fcn8s_minus_control": gaps}
     os.makedirs(args.results, exist_ok=True)
     atomic.write_bytes(os.path.join(args.results, f"siftflow-imagenet-{file}.json"), json.dumps(record, indent=1).encode())
+    if args.class_weights:
+        pictures(first, again, test, args)
     for label, r in rows.items():
         for name in BRANCHES:
             print(f"{label:6}  {name:15} " + "  ".join(f"{k} {100 * r[name][k]:.1f}" for k in METRICS)

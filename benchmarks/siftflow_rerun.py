@@ -64,8 +64,8 @@ def pictures(first, again, test, args):
     name = f"siftflow-imagenet-{args.class_weights}"
     np.savez_compressed(os.path.join(args.results, f"{name}_test_predictions.npz"), **maps)
     examples = sorted(set(np.linspace(0, len(test) - 1, 5).astype(int).tolist()))
-    prediction_grid(stage_predictions(eights, test, examples), ["FCN-8s, equal loss", f"FCN-8s, {args.class_weights} loss"],
-                    os.path.join(args.results, f"{name}.png"),
+    labels = ["FCN-8s, equal loss", f"FCN-8s, {args.class_weights} loss"]
+    prediction_grid(stage_predictions(eights, test, examples), labels, os.path.join(args.results, f"{name}.png"),
                     f"SIFT Flow test photos: FCN-8s trained with equal and with {args.class_weights}-weighted classes",
                     SIFTFLOW_CLASSES)
 
@@ -75,7 +75,8 @@ def main(argv=None):
     p = table.parser(shipped, __doc__)
     change = p.add_mutually_exclusive_group(required=True)
     change.add_argument("--rerun-seed", type=int, help="the seed of the rerun (the table's is --seed)")
-    change.add_argument("--class-weights", choices=("sqrt", "balanced"), help="the loss of the rerun (the table's: equal)")
+    change.add_argument("--class-weights", choices=("sqrt", "balanced"),
+                        help="the loss of the rerun (the table's: equal)")
     args = p.parse_args(argv)
     if args.only:
         p.error("--only is the table's; this script runs the three branches")
@@ -101,7 +102,8 @@ def main(argv=None):
     record = {"setup": {k: v for k, v in vars(args).items() if k not in ("out", "results", "only")},
               kind: rows, "gap_fcn8s_minus_control": gaps}
     os.makedirs(args.results, exist_ok=True)
-    atomic.write_bytes(os.path.join(args.results, f"siftflow-imagenet-{file}.json"), json.dumps(record, indent=1).encode())
+    atomic.write_bytes(os.path.join(args.results, f"siftflow-imagenet-{file}.json"),
+                       json.dumps(record, indent=1).encode())
     if args.class_weights:
         pictures(first, again, test, args)
     for label, r in rows.items():

@@ -273,8 +273,9 @@ def main():
     if tuned:
         print(f"  routes measured: {tuned['measured']} passes, {tuned['seconds']} s (compiling included)")
     if args.backend == "numba":
-        print("\n| 3x3 layer, fwd+bwd (numba; GF/s counts the direct sum's multiply-adds) | register tiles | shifted GEMM "
-              "| Winograd | im2col | routes chosen: forward · input grad · weight grad |\n|---|---|---|---|---|---|")
+        print("\n| 3x3 layer, fwd+bwd (numba; GF/s count the direct sum's multiply-adds) | register tiles "
+              "| shifted GEMM | Winograd | im2col | routes chosen: forward · input grad · weight grad |"
+              "\n|---|---|---|---|---|---|")
         for row in route_rows(args.repeat):
             print(row, flush=True)
         print(f"\nautotune in this process: {autotune.report()}")

@@ -164,6 +164,12 @@ def test_winograd_is_tried_on_wide_undilated_3x3_layers_only():
     assert not tried("conv2d", 64, 128) and not tried("conv2d_weight_grad", 128, 64)
     assert not any(tried("conv2d", 256, 256, **k) for k in ({"kernel": 5}, {"stride": 2}, {"dilation": 2}))
     assert not tried("conv2d_input_grad", 256, 256)  # as a forward pass of the flipped kernel, where it is tried
+    # without autotune, the rule takes it forward on wide layers and maps from 28^2
+    geo = conv_geometry((1, 256, 28, 28), (3, 3), 1, 1, 1)
+    assert numba_cpu.route(geo, 256, 256) == "winograd"
+    assert numba_cpu.route(geo, 256, 256, weight_grad=True) != "winograd"
+    assert numba_cpu.route(conv_geometry((1, 256, 14, 14), (3, 3), 1, 1, 1), 256, 256) != "winograd"
+    assert numba_cpu.route(conv_geometry((1, 64, 56, 56), (3, 3), 1, 1, 1), 64, 64) != "winograd"
 
 
 def test_forward_tiles_fit_the_register_file():

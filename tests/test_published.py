@@ -42,7 +42,8 @@ def test_the_committed_siftflow_predictions_reproduce_the_published_metrics(reco
         assert scores[key] == pytest.approx(published[key], abs=1e-9), key
 
 
-@pytest.mark.parametrize("record, kind", [("siftflow-imagenet-rerun.json", "seeds"), ("siftflow-imagenet-sqrt.json", "losses")])
+@pytest.mark.parametrize("record, kind", [("siftflow-imagenet-rerun.json", "seeds"),
+                                          ("siftflow-imagenet-sqrt.json", "losses")])
 def test_a_rerun_record_pairs_with_the_published_table_and_its_gaps_are_its_rows(record, kind):
     """siftflow_rerun.py's records (another seed; the sqrt-weighted loss): the table's own run is one of its
     two, row for row, the other changes only what it says, and each gap is FCN-8s minus the control."""

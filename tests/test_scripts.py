@@ -150,7 +150,8 @@ def test_a_classifier_is_shipped_and_the_siftflow_table_starts_from_it(tmp_path,
     assert set(lifted["losses"]) == {"equal", "sqrt"}
     assert (results / "siftflow-imagenet-sqrt.png").stat().st_size > 10_000
     with np.load(results / "siftflow-imagenet-sqrt_test_predictions.npz") as maps:
-        assert sorted(maps.files) == sorted(test_ids) and all(1 <= maps[k].min() and maps[k].max() <= 33 for k in maps.files)
+        assert sorted(maps.files) == sorted(test_ids)
+        assert all(1 <= maps[k].min() and maps[k].max() <= 33 for k in maps.files)
     assert lifted["losses"]["equal"] == noise["seeds"]["0"]
     assert lifted["gap_fcn8s_minus_control"]["sqrt"]["mean_acc"] == pytest.approx(
         lifted["losses"]["sqrt"]["fcn8s"]["mean_acc"] - lifted["losses"]["sqrt"]["fcn32s-control"]["mean_acc"])

@@ -153,15 +153,17 @@ def test_winograd_matches_reference(dtype, g, cin, cout, tiles):
 
 def test_winograd_is_tried_on_wide_undilated_3x3_layers_only():
     """A candidate for autotune where its products are deep enough to pay for the transforms (128 channels in
-    and out), forward and weight gradient; never on narrow, dilated, strided or non-3x3 layers."""
+    and out, 64 on maps of 224^2 and more), forward and weight gradient; never on narrow, dilated, strided
+    or non-3x3 layers."""
     from minifcn.conv_arithmetic import conv_geometry
 
-    def tried(op, cin, cout, kernel=3, stride=1, dilation=1):
-        geo = conv_geometry((1, cin, 16, 16), (kernel, kernel), stride, 1, dilation)
-        return "winograd" in numba_cpu.candidates(op, (1, cin, 16, 16), geo, (cout, cin, kernel, kernel), 4)
+    def tried(op, cin, cout, kernel=3, stride=1, dilation=1, size=16):
+        geo = conv_geometry((1, cin, size, size), (kernel, kernel), stride, 1, dilation)
+        return "winograd" in numba_cpu.candidates(op, (1, cin, size, size), geo, (cout, cin, kernel, kernel), 4)
 
     assert tried("conv2d", 128, 256) and tried("conv2d_weight_grad", 512, 128)
     assert not tried("conv2d", 64, 128) and not tried("conv2d_weight_grad", 128, 64)
+    assert tried("conv2d", 64, 128, size=224) and not tried("conv2d", 32, 32, size=400)  # 64 on large maps
     assert not any(tried("conv2d", 256, 256, **k) for k in ({"kernel": 5}, {"stride": 2}, {"dilation": 2}))
     assert not tried("conv2d_input_grad", 256, 256)  # as a forward pass of the flipped kernel, where it is tried
     # without autotune, the rule takes it forward on wide layers and maps from 28^2

@@ -105,8 +105,9 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
 #   "tiled2"   -- the forward tiles two output rows tall (only where measured faster: not in the rule)
 #   "shifted"  -- stride 1: one BLAS product per kernel tap, no im2col copy (shifted_gemm.py), when the
 #                 input has more channels than the output
-#   "winograd" -- 3x3, stride 1, undilated, 128 channels or more in and out: F(2x2, 3x3), 16 BLAS products
-#                 of 16/36 the multiply-adds (winograd.py), forward and weight gradient (the rule: forward only)
+#   "winograd" -- 3x3, stride 1, undilated, 128 channels in and out (64 on large maps): F(2x2, 3x3),
+#                 16 BLAS products of 16/36 the multiply-adds (winograd.py), forward and weight gradient
+#                 (the rule: forward only)
 #   "im2col"   -- the textbook, with this module's im2col and col2im: 1x1 kernels (a reshape), small maps
 #   "subpixel" -- stride s: one stride-1 convolution over the s x s phases (subpixel.py), routed again
 # The input gradient is col2im(W^T g) ("col2im"), or at stride 1 the forward convolution of g with the
@@ -139,7 +140,7 @@ def route(geo, in_channels, out_channels, weight_grad=False):
 def use_winograd(geo, in_channels, out_channels):
     """Where Winograd beats every other route forward, as measured on a 2-core AMD Zen 4 (float32): 128-512
     channels on maps from 28^2 (1.4-1.6x faster than the tiles); on 14^2 im2col is ahead."""
-    wide = winograd.worth(in_channels, out_channels)
+    wide = min(in_channels, out_channels) >= winograd.WIDE
     return winograd.applies(geo) and wide and geo.out[0] * geo.out[1] >= 28 * 28
 
 
@@ -172,7 +173,8 @@ def candidates(op, input_shape, geo, w_shape, itemsize):
     else:
         ways = numba_tiled.forward_tiles() if op == "conv2d" else ["tiled"] if geo.kernel == (3, 3) else []
         ways.append("shifted")
-        if op != "conv2d_input_grad" and winograd.applies(geo) and winograd.worth(cin, cout):
+        pixels = geo.out[0] * geo.out[1]
+        if op != "conv2d_input_grad" and winograd.applies(geo) and winograd.worth(cin, cout, pixels):
             ways.append("winograd")
     return ways + [unfold] if fits else ways
 

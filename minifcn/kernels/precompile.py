@@ -13,7 +13,7 @@ helpers run, so autotune measures on quiet cores.
 What has been done is recorded per CPU, kernel code, Numba cache folder and dtype in
 ``$MINIFCN_CACHE_DIR/precompiled/`` (default ~/.cache/minifcn), so later processes skip it. Batch norm,
 which only pretraining uses, is a group of its own, compiled when a batch-norm op first runs, and so is
-Winograd's route, which only layers of 128 channels and more take. Off with
+Winograd's route, which only wide layers take (128 channels, or 64 on large maps). Off with
 ``MINIFCN_PRECOMPILE=0``, and under an MPI launcher (its ranks already compile side by side). If a helper
 fails, its kernels compile on first use, as they would without any of this.
 """

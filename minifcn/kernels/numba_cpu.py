@@ -214,7 +214,7 @@ def conv2d(x, w, stride=1, padding=0, dilation=1):
         if way == "shifted":
             return shifted_gemm.conv2d(x, w, geo.padding, geo.dilation)
         if way == "winograd":
-            prepare("winograd", x.dtype)
+            prepare("winograd", np.result_type(x.dtype, w.dtype))
             return winograd.conv2d(x, w, geo.padding)
         if way == "subpixel":
             return subpixel.conv2d(x, w, geo, conv2d, to_phases)
@@ -282,7 +282,7 @@ def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1):
         if way == "shifted":
             return shifted_gemm.conv2d_weight_grad(g, x, w_shape, geo.padding, geo.dilation)
         if way == "winograd":
-            prepare("winograd", x.dtype)
+            prepare("winograd", np.result_type(g.dtype, x.dtype))
             return winograd.conv2d_weight_grad(g, x, w_shape, geo.padding)
         if way == "subpixel":
             return subpixel.conv2d_weight_grad(g, x, w_shape, geo, conv2d_weight_grad, to_phases)

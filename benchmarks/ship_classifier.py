@@ -55,7 +55,7 @@ def main(argv=None):
                f"--fc-width {config.fc_width} ...",
     }
     # whole or absent: a provenance cut short would leave these weights out of every listing (zoo.available)
-    atomic.write_bytes(os.path.join(zoo.DIRECTORY, args.name + ".json"), json.dumps(about, indent=1).encode())
+    atomic.write_json(os.path.join(zoo.DIRECTORY, args.name + ".json"), about)
     print(json.dumps(about, indent=1))
 
 

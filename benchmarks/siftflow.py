@@ -113,11 +113,10 @@ def main(argv=None):
               "classes_absent_from_test": [SIFTFLOW_CLASSES[i] for i, iu in
                                            enumerate(results["fcn8s"]["class_iu"]) if iu is None or np.isnan(iu)]}
     name = f"siftflow-{variant(args)}"
-    atomic.write_bytes(os.path.join(args.results, f"{name}.json"), json.dumps(record, indent=1).encode())
+    atomic.write_json(os.path.join(args.results, f"{name}.json"), record)
     test = SIFTFlow(ROOT, "test", args.size)
     shown = [s for s in plan if s.name in ("fcn32s", "fcn16s", "fcn8s")]
-    examples = sorted(set(np.linspace(0, len(test) - 1, 5).astype(int).tolist()))  # 0, 49, ... 199 on the real set
-    rows = stage_predictions(shown, test, examples)
+    rows = stage_predictions(shown, test, examples(test))
     save_predictions(os.path.join(args.results, f"{name}_predictions.npz"), rows)  # the figure, redrawable
     prediction_grid(rows, ["FCN-32s", "FCN-16s", "FCN-8s"],
                     os.path.join(args.results, f"{name}.png"),
@@ -128,6 +127,11 @@ def main(argv=None):
     print(f"{record['train_minutes_total']:.1f} min of training in all; "
           f"{record['this_run_minutes']:.1f} min for this run")
     publish_best(args.results)
+
+
+def examples(test):
+    """The test photos the figures show: five spread over the split (0, 49, ... 199 on the real set)."""
+    return sorted(set(np.linspace(0, len(test) - 1, 5).astype(int).tolist()))
 
 
 def publish_best(results_dir):

@@ -38,7 +38,7 @@ from minifcn.data import SIFTFLOW_CLASSES, SIFTFlow
 from minifcn.experiment import evaluate_with_band, run_stages, save_predictions, stage, stage_predictions
 from minifcn.train import TrainConfig, load_checkpoint, predictions
 from minifcn.viz import prediction_grid
-from siftflow import publish_best
+from siftflow import examples, publish_best
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.environ.get("MINIFCN_SIFTFLOW", os.path.join(HERE, "..", "..", "shared", "data", "siftflow"))
@@ -61,6 +61,13 @@ def plan(args, about):
             stage(base, args.out, "fcn32s-control", "fcn32s", model="fcn32s", **{**later, "epochs": 2 * args.later_epochs}),
             stage(base, args.out, "random-fcn32s-fixed", model="fcn32s", freeze_body=True, epochs=args.fixed_epochs),
             stage(base, args.out, "random-fcn8s", model="fcn8s", epochs=chain)]
+
+
+def save_test_predictions(result_stage, test, path):
+    """The stage's prediction of every test photo, keyed by test id, in the label files' own values (1-33)."""
+    _, model, _ = load_checkpoint(os.path.join(result_stage.config.out, "checkpoint.npz"))
+    maps = {test.ids[i]: (pred[0] + 1).astype(np.uint8) for i, (pred, _) in enumerate(predictions(model, test, 1))}
+    np.savez_compressed(path, **maps)
 
 
 def native(result_stage, test):
@@ -125,16 +132,12 @@ def main(argv=None):
               "train_minutes_total": minutes, "this_run_minutes": (time.time() - started) / 60,
               "classes": list(SIFTFLOW_CLASSES)}
     os.makedirs(args.results, exist_ok=True)
-    atomic.write_bytes(os.path.join(args.results, "siftflow-imagenet.json"), json.dumps(record, indent=1).encode())
+    atomic.write_json(os.path.join(args.results, "siftflow-imagenet.json"), record)
     if "fcn8s" in results:
         eight = next(s for s in stages if s.name == "fcn8s")
-        _, model, _ = load_checkpoint(os.path.join(eight.config.out, "checkpoint.npz"))
-        maps = {test.ids[i]: (pred[0] + 1).astype(np.uint8)  # the label files' values: 1-33
-                for i, (pred, _) in enumerate(predictions(model, test, batch_size=1))}
-        np.savez_compressed(os.path.join(args.results, "siftflow-imagenet_test_predictions.npz"), **maps)
+        save_test_predictions(eight, test, os.path.join(args.results, "siftflow-imagenet_test_predictions.npz"))
         shown = [s for s in stages if s.name in ("fcn32s", "fcn16s", "fcn8s")]
-        examples = sorted(set(np.linspace(0, len(test) - 1, 5).astype(int).tolist()))
-        rows = stage_predictions(shown, test, examples)
+        rows = stage_predictions(shown, test, examples(test))
         save_predictions(os.path.join(args.results, "siftflow-imagenet_predictions.npz"), rows)
         prediction_grid(rows, ["FCN-32s", "FCN-16s", "FCN-8s"], os.path.join(args.results, "siftflow-imagenet.png"),
                         "SIFT Flow test photos, from the Tiny ImageNet classifier: FCN-32s, 16s, 8s", SIFTFLOW_CLASSES)

@@ -21,17 +21,14 @@ Each record holds both runs' rows and, in each, the gap FCN-8s minus control.
 """
 
 import dataclasses
-import json
 import os
 import sys
-
-import numpy as np
 
 from minifcn import atomic, zoo
 from minifcn.data import SIFTFLOW_CLASSES, SIFTFlow
 from minifcn.experiment import Stage, run_stages, stage_predictions
-from minifcn.train import load_checkpoint, predictions
 from minifcn.viz import prediction_grid
+from siftflow import examples
 import siftflow_imagenet as table
 
 BRANCHES = ("fcn16s", "fcn8s", "fcn32s-control")
@@ -59,13 +56,10 @@ def pictures(first, again, test, args):
     """For the loss rerun: its FCN-8s's prediction of every test photo (``_test_predictions.npz``, in the label
     files' values 1-33), and a figure of five test photos, FCN-8s under either loss beside the truth."""
     eights = [next(s for s in stages if s.name.startswith("fcn8s")) for stages in (first, again)]
-    _, model, _ = load_checkpoint(os.path.join(eights[1].config.out, "checkpoint.npz"))
-    maps = {test.ids[i]: (pred[0] + 1).astype(np.uint8) for i, (pred, _) in enumerate(predictions(model, test, 1))}
     name = f"siftflow-imagenet-{args.class_weights}"
-    np.savez_compressed(os.path.join(args.results, f"{name}_test_predictions.npz"), **maps)
-    examples = sorted(set(np.linspace(0, len(test) - 1, 5).astype(int).tolist()))
+    table.save_test_predictions(eights[1], test, os.path.join(args.results, f"{name}_test_predictions.npz"))
     labels = ["FCN-8s, equal loss", f"FCN-8s, {args.class_weights} loss"]
-    prediction_grid(stage_predictions(eights, test, examples), labels, os.path.join(args.results, f"{name}.png"),
+    prediction_grid(stage_predictions(eights, test, examples(test)), labels, os.path.join(args.results, f"{name}.png"),
                     f"SIFT Flow test photos: FCN-8s trained with equal and with {args.class_weights}-weighted classes",
                     SIFTFLOW_CLASSES)
 
@@ -102,8 +96,7 @@ def main(argv=None):
     record = {"setup": {k: v for k, v in vars(args).items() if k not in ("out", "results", "only")},
               kind: rows, "gap_fcn8s_minus_control": gaps}
     os.makedirs(args.results, exist_ok=True)
-    atomic.write_bytes(os.path.join(args.results, f"siftflow-imagenet-{file}.json"),
-                       json.dumps(record, indent=1).encode())
+    atomic.write_json(os.path.join(args.results, f"siftflow-imagenet-{file}.json"), record)
     if args.class_weights:
         pictures(first, again, test, args)
     for label, r in rows.items():

@@ -30,7 +30,6 @@ stage it grows from is done, so the independent chains share the cores.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -121,7 +120,7 @@ def main(argv=None):
               "train_minutes_total": pretrain_minutes + sum(r["train_seconds"] for r in results.values()) / 60,
               "this_run_minutes": (time.time() - started) / 60,
               "results": results, "paper": PAPER, "classes": list(VOC_CLASSES)}
-    atomic.write_bytes(os.path.join(args.results, "table2.json"), json.dumps(record, indent=1).encode())
+    atomic.write_json(os.path.join(args.results, "table2.json"), record)
     val = VOCSegmentation(data, "val")
     shown = [s for s in plan if s.name in ("fcn32s", "fcn16s", "fcn8s")]
     rows = stage_predictions(shown, val, pick_examples(val, 5))

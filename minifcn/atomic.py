@@ -49,6 +49,11 @@ def write_bytes(path, data):
     return write_atomically(path, write)
 
 
+def write_json(path, value):
+    """``value`` as indented JSON to ``path``, atomically (minifcn's records, configs and provenance)."""
+    return write_bytes(path, json.dumps(value, indent=1).encode())
+
+
 def read_json(path, max_bytes):
     """The JSON value in ``path`` if the file is at most ``max_bytes``. A larger file, text that is not UTF-8
     JSON, or nesting too deep to decode (Python's decoder recurses) raise ValueError; a missing or unreadable

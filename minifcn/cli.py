@@ -341,7 +341,7 @@ def _demo(args):
     figure = segmentation_figure(rows, VOC_CLASSES, os.path.join(args.out, "predictions.png"),
                                  "FCN-8s on held-out images of the demo's data")
     curves = training_curves(os.path.join(args.out, "metrics.jsonl"), os.path.join(args.out, "curves.png"))
-    atomic.write_bytes(os.path.join(args.out, "metrics.json"), json.dumps(result, indent=1).encode())
+    atomic.write_json(os.path.join(args.out, "metrics.json"), result)
     print(f"checkpoint {os.path.join(args.out, 'checkpoint.npz')}, metrics {os.path.join(args.out, 'metrics.json')}, "
           f"predictions {figure}, curves {curves}; {time.time() - start:.0f} s")
 

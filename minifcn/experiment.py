@@ -44,10 +44,6 @@ def _read_json(path, default=None):
         return json.load(f)
 
 
-def _write_json(path, value):
-    atomic.write_bytes(path, json.dumps(value, indent=1).encode())
-
-
 def run_stages(stages, band_width=3, exclude_absent=False, log=print, only=None, progress=True, jobs=1):
     """Train (or resume) and evaluate every stage; returns {name: result} in the stages' order.
 
@@ -95,12 +91,12 @@ def _run_stage(stage, folders, band_width, exclude_absent, log, progress):
             model, _ = train(config, resume=True, log=log, progress=progress)
         finally:
             spent = _read_json(timing_path, 0.0) + time.time() - started
-            _write_json(timing_path, spent)
+            atomic.write_json(timing_path, spent)
         log(f"{stage.name}: trained ({spent / 60:.1f} min in all); evaluating")
         result = evaluate_with_band(model, open_dataset(config, config.val_split, config.val_subset),
                                     config.num_classes, band_width, exclude_absent)
         result["train_seconds"] = spent
-        _write_json(result_path, result)
+        atomic.write_json(result_path, result)
     log(f"{stage.name}: mean IU {100 * result['mean_iu']:.1f}, boundary mean IU "
         f"{100 * result['boundary']['mean_iu']:.1f}")
     return result
@@ -210,7 +206,7 @@ def _check_same_config(config, name):
     path, wanted = os.path.join(config.out, "config.json"), json.loads(json.dumps(dataclasses.asdict(config)))
     stored = _read_json(path)
     if stored is None:
-        _write_json(path, wanted)
+        atomic.write_json(path, wanted)
     elif stored != wanted:
         changed = sorted(k for k in wanted.keys() | stored.keys() if stored.get(k) != wanted.get(k))
         raise ValueError(f"stage {name!r} in {config.out} was started with other settings ({', '.join(changed)} "

@@ -291,7 +291,7 @@ def _pretrain(config, path, train_set, val_set, resume, progress, log, world):
                 f"top-5 {100 * top5:.1f} %")
     bar.close()
     if world.rank == 0:
-        atomic.write_bytes(os.path.join(config.out, "pretrain.json"), json.dumps(history, indent=1).encode())
+        atomic.write_json(os.path.join(config.out, "pretrain.json"), history)
     return classifier, history
 
 

@@ -13,11 +13,14 @@ and control must be done), with one thing changed:
   for more than sky. Folders ``NAME-sqrt``, record ``results/siftflow-imagenet-sqrt.json`` (``losses``),
   its FCN-8s's prediction of every test photo (``_test_predictions.npz``) and a figure of both FCN-8s
   (``siftflow-imagenet-sqrt.png``).
+- both: the loss run's rerun noise. Its branches again under another seed (``NAME-sqrt-seedS``), compared
+  with the loss run (which must be done), record ``results/siftflow-imagenet-sqrt-rerun.json`` (``seeds``).
 
 Each record holds both runs' rows and, in each, the gap FCN-8s minus control.
 
     python benchmarks/siftflow_rerun.py --out runs/siftflow-imagenet --rerun-seed 1
     python benchmarks/siftflow_rerun.py --out runs/siftflow-imagenet --class-weights sqrt
+    python benchmarks/siftflow_rerun.py --out runs/siftflow-imagenet --class-weights sqrt --rerun-seed 1
 """
 
 import dataclasses
@@ -47,11 +50,6 @@ def branches(stages, suffix, **change):
     return again
 
 
-def reseeded(stages, seed):
-    """The table's FCN-32s, and its three branches under ``seed`` (``NAME-seedS``)."""
-    return branches(stages, f"seed{seed}", seed=seed)
-
-
 def pictures(first, again, test, args):
     """For the loss rerun: its FCN-8s's prediction of every test photo (``_test_predictions.npz``, in the label
     files' values 1-33), and a figure of five test photos, FCN-8s under either loss beside the truth."""
@@ -67,11 +65,11 @@ def pictures(first, again, test, args):
 def main(argv=None):
     shipped = zoo.available()
     p = table.parser(shipped, __doc__)
-    change = p.add_mutually_exclusive_group(required=True)
-    change.add_argument("--rerun-seed", type=int, help="the seed of the rerun (the table's is --seed)")
-    change.add_argument("--class-weights", choices=("sqrt", "balanced"),
-                        help="the loss of the rerun (the table's: equal)")
+    p.add_argument("--rerun-seed", type=int, help="the seed of the rerun (the table's is --seed)")
+    p.add_argument("--class-weights", choices=("sqrt", "balanced"), help="the loss of the rerun (the table's: equal)")
     args = p.parse_args(argv)
+    if args.rerun_seed is None and args.class_weights is None:
+        p.error("say what changes: --rerun-seed, --class-weights, or both")
     if args.only:
         p.error("--only is the table's; this script runs the three branches")
     if args.rerun_seed == args.seed:
@@ -80,31 +78,40 @@ def main(argv=None):
         sys.exit(f"SIFT Flow not found at {table.ROOT}; set MINIFCN_SIFTFLOW")
     first = table.plan(args, shipped[args.weights])
     test = SIFTFlow(table.ROOT, "test")
-    if args.class_weights:
-        kind, labels, suffix, file = "losses", ("equal", args.class_weights), args.class_weights, args.class_weights
-        again = branches(first, suffix, class_weights=args.class_weights)
-    else:
-        kind, labels, suffix, file = "seeds", (str(args.seed), str(args.rerun_seed)), f"seed{args.rerun_seed}", "rerun"
-        again = reseeded(first, args.rerun_seed)
-    rows = {labels[0]: {s.name: table.row(s, args, test) for s in first if s.name in BRANCHES}}
+    loss = {"class_weights": args.class_weights} if args.class_weights else {}
+    if args.rerun_seed is None:  # the loss changes: the table's run against the loss's
+        kind, labels, file, suffix = "losses", ("equal", args.class_weights), args.class_weights, args.class_weights
+        base, base_suffix, again = first, "", branches(first, suffix, **loss)
+    else:  # the seed changes: the table's run, or the loss's, against the same under the rerun seed
+        kind, labels = "seeds", (str(args.seed), str(args.rerun_seed))
+        file = f"{args.class_weights}-rerun" if loss else "rerun"
+        suffix = "-".join(filter(None, (args.class_weights, f"seed{args.rerun_seed}")))
+        base_suffix = args.class_weights or ""
+        base = branches(first, base_suffix, **loss) if loss else first
+        again = branches(first, suffix, seed=args.rerun_seed, **loss)
+
+    def branch(stage, suffix):
+        return stage.name.removesuffix(f"-{suffix}") if suffix else stage.name
+    rows = {labels[0]: {branch(s, base_suffix): table.row(s, args, test) for s in base
+                        if branch(s, base_suffix) in BRANCHES}}
     missing = [name for name, r in rows[labels[0]].items() if r is None]
     if missing:
-        sys.exit(f"run siftflow_imagenet.py with these options first: {', '.join(missing)} not finished in {args.out}")
+        sys.exit(f"run the {'loss rerun' if loss and kind == 'seeds' else 'table'} with these options first: "
+                 f"{', '.join(missing)} not finished in {args.out}")
     run_stages(again, exclude_absent=True, jobs=args.jobs, only=[s.name for s in again[1:]])
-    rows[labels[1]] = {s.name.removesuffix(f"-{suffix}"): table.row(s, args, test) for s in again[1:]}
+    rows[labels[1]] = {branch(s, suffix): table.row(s, args, test) for s in again[1:]}
     gaps = {label: {k: r["fcn8s"][k] - r["fcn32s-control"][k] for k in METRICS} for label, r in rows.items()}
     record = {"setup": {k: v for k, v in vars(args).items() if k not in ("out", "results", "only")},
               kind: rows, "gap_fcn8s_minus_control": gaps}
     os.makedirs(args.results, exist_ok=True)
     atomic.write_json(os.path.join(args.results, f"siftflow-imagenet-{file}.json"), record)
-    if args.class_weights:
+    if kind == "losses":
         pictures(first, again, test, args)
     for label, r in rows.items():
         for name in BRANCHES:
             print(f"{label:6}  {name:15} " + "  ".join(f"{k} {100 * r[name][k]:.1f}" for k in METRICS)
                   + f"  ({r[name]['train_minutes']:.1f} min)")
         print(f"{label:6}  fcn8s - control " + "  ".join(f"{k} {100 * gaps[label][k]:+.1f}" for k in METRICS))
-
 
 if __name__ == "__main__":
     main()

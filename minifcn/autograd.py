@@ -247,18 +247,24 @@ class Mul(Function):
 
 
 class MatMul(Function):
-    """C = A @ B for 2-D A, B: dA = dC @ B^T, dB = A^T @ dC."""
+    """C = A @ B for 2-D A, B: dA = dC @ B^T, dB = A^T @ dC. (The backend's product: Numba's keeps BLAS's
+    own threads from spinning beside its kernels, which made a classifier's small products 5-8x slower.)"""
 
     def forward(self, a, b):
         if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
             raise ValueError(f"matmul needs 2-D operands with matching inner sizes, got {a.shape} @ {b.shape}")
         self.a, self.b = a, b
-        return a @ b
+        return _product(a, b)
 
     def backward(self, grad):
-        da = grad @ self.b.T if self.needs_grad[0] else None
-        db = self.a.T @ grad if self.needs_grad[1] else None
+        da = _product(grad, self.b.T) if self.needs_grad[0] else None
+        db = _product(self.a.T, grad) if self.needs_grad[1] else None
         return da, db
+
+
+def _product(a, b):
+    from . import backend  # late: the backend's kernels import this module's neighbours
+    return backend.ops().matmul(a, b)
 
 
 class Sum(Function):

@@ -49,9 +49,11 @@ def _namespace(module, name):
     A backend whose kernels compute only in some float types (``FLOAT_DTYPES``: Numba has no float16)
     refuses other floats by op and dtype, instead of failing somewhere inside the compiler. A backend
     with a ``prepare(op, dtype)`` gets it called before an op's float arrays are handed to its kernels
-    (Numba: compile every kernel at once on the first op of a dtype, see kernels/precompile.py).
+    (Numba: compile every kernel at once on the first op of a dtype, see kernels/precompile.py). Ops the
+    backend names ``UNCOMPILED`` (Numba's BLAS product) take any dtype and need no preparing.
     """
     supported = getattr(module, "FLOAT_DTYPES", None)
+    uncompiled = getattr(module, "UNCOMPILED", ())
     prepare = getattr(module, "prepare", None)
 
     def checked(op, fn):
@@ -68,7 +70,8 @@ def _namespace(module, name):
         return run
 
     ops = {op: getattr(module, op, getattr(reference, op)) for op in OPS}
-    return type("Ops", (), {op: staticmethod(checked(op, fn) if supported else fn) for op, fn in ops.items()})
+    return type("Ops", (), {op: staticmethod(checked(op, fn) if supported and op not in uncompiled else fn)
+                               for op, fn in ops.items()})
 
 
 def set_backend(name):

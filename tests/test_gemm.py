@@ -102,3 +102,23 @@ def test_sum_of_products_is_the_sum_over_the_stack(N, M, L, K, seed):
     b = rng.standard_normal((N, K, L)).transpose(0, 2, 1)  # a transposed view, as im2col's columns are read
     np.testing.assert_allclose(gemm.sum_of_products(a, b), sum(a[n] @ b[n] for n in range(N)), rtol=1e-12,
                                atol=1e-12)
+
+
+def test_a_fully_connected_layer_multiplies_through_the_backend(monkeypatch):
+    """nn.Linear's products (forward, and both gradients) are the backend's matmul: under Numba, gemm's, which
+    keeps BLAS's threads from spinning beside the kernels. Values: the products written out."""
+    from minifcn import Tensor, backend, nn
+    ops, calls = backend.ops(), []
+    real = ops.matmul
+    monkeypatch.setattr(ops, "matmul", staticmethod(lambda a, b: calls.append((a.shape, b.shape)) or real(a, b)))
+    rng = np.random.default_rng(0)
+    layer = nn.Linear(6, 4, rng=rng)
+    x = Tensor(rng.standard_normal((5, 6)).astype(np.float32), requires_grad=True)
+    g = rng.standard_normal((5, 4)).astype(np.float32)
+    y = layer(x)
+    y.backward(g)
+    assert calls == [((5, 6), (6, 4)), ((5, 4), (4, 6)), ((6, 5), (5, 4))]
+    W = layer.weight.data
+    np.testing.assert_allclose(y.data, x.data @ W.T + layer.bias.data, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x.grad, g @ W, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.weight.grad, g.T @ x.data, rtol=1e-5, atol=1e-6)

@@ -9,7 +9,8 @@
 - ``cuda`` -- CUDA kernels through CuPy, one thread per output element.
 
 ``minifcn.backend`` picks one of them; an op a backend does not provide falls
-back to the reference. GEMMs stay in BLAS (numpy.matmul / cuBLAS).
+back to the reference. GEMMs stay in BLAS (numpy.matmul / cuBLAS); Numba's ``matmul`` calls BLAS so that its
+own threads never spin beside the Numba kernels (kernels/gemm.py).
 
 The ops (all arrays, no Tensors; stride, padding and dilation are ints or pairs):
 
@@ -26,6 +27,7 @@ The ops (all arrays, no Tensors; stride, padding and dilation are ints or pairs)
     batch_norm_backward(g, xhat, gamma, invstd, training) -> (dx, dgamma, dbeta)
     softmax_xent(z, t, weight, ignore_index) -> (sum of weighted losses, sum of weights)
     softmax_xent_backward(z, t, weight, ignore_index, scale) -> scale * w[t] (softmax(z) - onehot(t))
+    matmul(a, b) -> a @ b for 2-D or 3-D operands (the fully connected layers, autograd's MatMul)
 
 Loss ops take z of shape (N, K, P) and t of shape (N, P) (int64). The three
 convolution ops may hold a large workspace (im2col columns);
@@ -35,4 +37,4 @@ A backend decides inside its own conv ops how to compute them.
 
 OPS = ("conv2d", "conv2d_input_grad", "conv2d_weight_grad", "unfolds", "im2col", "col2im", "max_pool",
        "max_pool_backward", "relu", "relu_backward", "softmax_xent", "softmax_xent_backward", "batch_norm_stats",
-       "batch_norm_forward", "batch_norm_backward")
+       "batch_norm_forward", "batch_norm_backward", "matmul")

@@ -26,6 +26,8 @@ from ..conv_arithmetic import conv_geometry
 from . import autotune, gemm, numba_tiled, precompile, reference, shifted_gemm, subpixel, winograd
 
 FLOAT_DTYPES = (np.float32, np.float64)  # Numba compiles no float16 arithmetic
+UNCOMPILED = ("matmul",)  # BLAS, not Numba: any dtype, nothing to compile first
+matmul = gemm.matmul
 
 
 def prepare(op, dtype):

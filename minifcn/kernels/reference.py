@@ -21,6 +21,11 @@ from ..im2col import col2im, im2col  # the reference im2col lives with its deriv
 # ``unfold``, ``fold``, ``product`` and ``sum_of_products`` let a backend run the same equations with its
 # own im2col, col2im and matrix products.
 
+def matmul(a, b):
+    """a @ b: the fully connected layers' product (NumPy's or CuPy's BLAS)."""
+    return a @ b
+
+
 def conv2d(x, w, stride=1, padding=0, dilation=1, unfold=im2col, product=operator.matmul):
     """y = W @ im2col(x): every output pixel is a kernel-sized patch dotted with each filter."""
     N, Cout = x.shape[0], w.shape[0]

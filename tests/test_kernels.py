@@ -331,8 +331,8 @@ def test_softmax_cross_entropy_matches_reference(module, to_device, dtype, N, K,
        seed=st.integers(0, 2 ** 16), offset=st.sampled_from([0.0, 5.0, -300.0]))
 def test_batch_norm_ops_match_reference(module, to_device, dtype, training, shape, seed, offset):
     """Statistics, forward and backward against the reference, on shapes down to one value per channel
-    and on channels far from zero (where summing squares before subtracting the mean would cancel); rows
-    shorter and longer than the Numba sums' LANES, whole and with a tail."""
+    and on channels far from zero (where summing squares before subtracting the mean would cancel); planes
+    (H x W) smaller and larger than the Numba sums' LANES, whole and with a tail."""
     kernels = module()
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(shape) * rng.uniform(0.1, 3) + offset).astype(dtype)

@@ -412,23 +412,23 @@ LANES = 8  # partial sums per channel: independent chains that vectorise (one fl
 
 @njit(cache=True)
 def _lane_sums(x, c, mu, squares):
-    """sum over n, i, j of x[n, c, i, j] - mu (squared where ``squares``), in float64, as LANES partial sums
-    (lane k takes the columns j = k mod LANES) added at the end: a fixed order, so the same bits every run."""
-    N, _, H, W = x.shape
-    whole = W - W % LANES
+    """sum over n, p of x[n, c, p] - mu (squared where ``squares``) for a (N, C, H*W) array, in float64, as
+    LANES partial sums (lane k takes the pixels p = k mod LANES) added at the end: a fixed order, so the same
+    bits every run. The planes are flat so that a 4 x 4 map still fills the lanes."""
+    N, _, P = x.shape
+    whole = P - P % LANES
     parts = carray(stack_array(LANES, np.float64), (LANES,))  # registers, once LLVM is done
     for k in range(LANES):
         parts[k] = 0.0
     for n in range(N):
-        for i in range(H):
-            row = x[n, c, i]
-            for j0 in range(0, whole, LANES):
-                for k in range(LANES):
-                    d = row[j0 + k] - mu
-                    parts[k] += d * d if squares else d
-            for j in range(whole, W):
-                d = row[j] - mu
-                parts[j - whole] += d * d if squares else d
+        plane = x[n, c]
+        for p0 in range(0, whole, LANES):
+            for k in range(LANES):
+                d = plane[p0 + k] - mu
+                parts[k] += d * d if squares else d
+        for p in range(whole, P):
+            d = plane[p] - mu
+            parts[p - whole] += d * d if squares else d
     total = 0.0
     for k in range(LANES):
         total += parts[k]
@@ -437,9 +437,10 @@ def _lane_sums(x, c, mu, squares):
 
 @njit(parallel=True, cache=True)
 def _bn_stats(x, mean, var):
-    """Two passes per channel, summed in float64: the mean, then the squared deviations from it."""
-    N, C, H, W = x.shape
-    m = N * H * W
+    """Two passes per channel of a (N, C, H*W) array, summed in float64: the mean, then the squared
+    deviations from it."""
+    N, C, P = x.shape
+    m = N * P
     for c in prange(C):
         mu = _lane_sums(x, c, 0.0, False) / m
         mean[c], var[c] = mu, _lane_sums(x, c, mu, True) / m
@@ -447,74 +448,78 @@ def _bn_stats(x, mean, var):
 
 @njit(parallel=True, cache=True)
 def _bn_forward(x, mean, invstd, gamma, beta, y, xhat):
-    N, C, H, W = x.shape
+    N, C, P = x.shape
     for nc in prange(N * C):
         n, c = nc // C, nc % C
         mu, s, a, b = mean[c], invstd[c], gamma[c], beta[c]
-        for i in range(H):
-            for j in range(W):
-                v = (x[n, c, i, j] - mu) * s
-                xhat[n, c, i, j] = v
-                y[n, c, i, j] = v * a + b
-
-
-@njit(cache=True)
-def _lane_products(g, xhat, c):
-    """sum of g[n, c] * xhat[n, c] over n, i, j in float64, as _lane_sums adds."""
-    N, _, H, W = g.shape
-    whole = W - W % LANES
-    parts = carray(stack_array(LANES, np.float64), (LANES,))
-    for k in range(LANES):
-        parts[k] = 0.0
-    for n in range(N):
-        for i in range(H):
-            grow, xrow = g[n, c, i], xhat[n, c, i]
-            for j0 in range(0, whole, LANES):
-                for k in range(LANES):
-                    parts[k] += grow[j0 + k] * xrow[j0 + k]
-            for j in range(whole, W):
-                parts[j - whole] += grow[j] * xrow[j]
-    total = 0.0
-    for k in range(LANES):
-        total += parts[k]
-    return total
+        for p in range(P):
+            v = (x[n, c, p] - mu) * s
+            xhat[n, c, p] = v
+            y[n, c, p] = v * a + b
 
 
 @njit(parallel=True, cache=True)
 def _bn_sums(g, xhat, dgamma, dbeta):
-    N, C, H, W = g.shape
+    """dbeta[c] = sum g[n, c, p], dgamma[c] = sum g[n, c, p] * xhat[n, c, p] over (N, C, H*W) arrays, in one
+    pass, each as LANES partial sums in the order _lane_sums adds."""
+    N, C, P = g.shape
+    whole = P - P % LANES
     for c in prange(C):
-        dgamma[c], dbeta[c] = _lane_products(g, xhat, c), _lane_sums(g, c, 0.0, False)
+        sg_parts = carray(stack_array(LANES, np.float64), (LANES,))
+        sgx_parts = carray(stack_array(LANES, np.float64), (LANES,))
+        for k in range(LANES):
+            sg_parts[k], sgx_parts[k] = 0.0, 0.0
+        for n in range(N):
+            grow, xrow = g[n, c], xhat[n, c]
+            for p0 in range(0, whole, LANES):
+                for k in range(LANES):
+                    v = grow[p0 + k]
+                    sg_parts[k] += v
+                    sgx_parts[k] += v * xrow[p0 + k]
+            for p in range(whole, P):
+                sg_parts[p - whole] += grow[p]
+                sgx_parts[p - whole] += grow[p] * xrow[p]
+        sg, sgx = 0.0, 0.0
+        for k in range(LANES):
+            sg += sg_parts[k]
+            sgx += sgx_parts[k]
+        dgamma[c], dbeta[c] = sgx, sg
 
 
 @njit(parallel=True, cache=True)
 def _bn_backward(g, xhat, scale, mean_g, mean_gx, dx):
-    N, C, H, W = g.shape
+    N, C, P = g.shape
     for nc in prange(N * C):
         n, c = nc // C, nc % C
         s, a, b = scale[c], mean_g[c], mean_gx[c]
-        for i in range(H):
-            for j in range(W):
-                dx[n, c, i, j] = s * (g[n, c, i, j] - a - xhat[n, c, i, j] * b)
+        for p in range(P):
+            dx[n, c, p] = s * (g[n, c, p] - a - xhat[n, c, p] * b)
+
+
+def _planes(a, dtype=None):
+    """A contiguous (N, C, H*W) view: the batch-norm kernels run along whole planes."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a.reshape(a.shape[0], a.shape[1], -1)
 
 
 def batch_norm_stats(x):
-    x = np.ascontiguousarray(x)
-    mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
-    _bn_stats(x, mean, var)
-    return mean.astype(x.dtype), var.astype(x.dtype)
+    x3 = _planes(x)
+    mean, var = np.empty(x3.shape[1]), np.empty(x3.shape[1])
+    _bn_stats(x3, mean, var)
+    return mean.astype(x3.dtype), var.astype(x3.dtype)
 
 
 def batch_norm_forward(x, mean, invstd, gamma, beta):
-    x = np.ascontiguousarray(x)
-    y, xhat = np.empty_like(x), np.empty_like(x)
-    as_x = [np.ascontiguousarray(v, dtype=x.dtype) for v in (mean, invstd, gamma, beta)]
-    _bn_forward(x, *as_x, y, xhat)
-    return y, xhat
+    x3 = _planes(x)
+    y, xhat = np.empty_like(x3), np.empty_like(x3)
+    as_x = [np.ascontiguousarray(v, dtype=x3.dtype) for v in (mean, invstd, gamma, beta)]
+    _bn_forward(x3, *as_x, y, xhat)
+    return y.reshape(x.shape), xhat.reshape(x.shape)
 
 
 def batch_norm_backward(g, xhat, gamma, invstd, training):
-    g, xhat = np.ascontiguousarray(g), np.ascontiguousarray(xhat, dtype=g.dtype)
+    shape, g = g.shape, _planes(g)
+    xhat = _planes(xhat, g.dtype)
     C, m = g.shape[1], g.size // g.shape[1]
     dgamma, dbeta = np.empty(C), np.empty(C)
     _bn_sums(g, xhat, dgamma, dbeta)
@@ -523,7 +528,7 @@ def batch_norm_backward(g, xhat, gamma, invstd, training):
     mean_g, mean_gx = ((dbeta / m).astype(g.dtype), (dgamma / m).astype(g.dtype)) if training else (zero, zero)
     dx = np.empty_like(g)
     _bn_backward(g, xhat, scale, mean_g, mean_gx, dx)
-    return dx, dgamma.astype(g.dtype), dbeta.astype(g.dtype)
+    return dx.reshape(shape), dgamma.astype(g.dtype), dbeta.astype(g.dtype)
 
 
 @njit(parallel=True, cache=True)

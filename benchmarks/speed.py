@@ -6,11 +6,13 @@ Sections:
 1. layers: the per-layer table of ``layers.py`` (forward and forward+backward, each library in a process
    of its own), for the small net and the full one;
 2. the small FCN-8s (width 0.125, fc 512) SGD training step on a batch of 8 at 128x128, in pad 100 mode
-   (the paper's) and in pad32 mode (no 100-pixel pad: conv1 sees 128x128 instead of 326x326);
+   (the paper's) and in pad32 mode (no 100-pixel pad: conv1 sees 128x128 instead of 326x326), and the
+   Tiny ImageNet classifier's Adam step (VGG16 at width 0.125 with batch norm, the "average" head, fc 512,
+   202 classes) on a batch of 64 photos of 64x64, as ``minifcn pretrain`` trains the shipped one;
 3. the full FCN-8s forward on one 500x375 image, each library in its own fresh process, with
    that process's peak resident memory (gradients enabled, as in training);
-4. import order: the small step in a script that imports numpy before minifcn, against one that imports
-   minifcn first (fresh processes, alternating);
+4. import order: the small step and the classifier's step in a script that imports numpy before minifcn,
+   against one that imports minifcn first (fresh processes, alternating);
 5. cold start: a fresh process with an empty Numba cache and an empty autotune table, from ``python``
    to the end of the first training step (import, kernel compilation and route measuring included),
    with the split: the kernels compiled up front, in how many processes, and the routes measured;
@@ -55,11 +57,15 @@ if lib == "torch":
     import torch
     torch.set_num_threads(threads)
     sys.path.insert(0, sys.argv[4])
-    from torch_reference import TorchFCN8s
+    from torch_reference import TorchFCN8s, TorchVGGClassifier
     full = what == "full"
-    model = TorchFCN8s(21, (64, 128, 256, 512, 512) if full else (8, 16, 32, 64, 64), 4096 if full else 512,
-                       "pad32" if what == "small32" else "pad100")
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    if what == "classifier":
+        model = TorchVGGClassifier(202, (8, 16, 32, 64, 64), 512)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    else:
+        model = TorchFCN8s(21, (64, 128, 256, 512, 512) if full else (8, 16, 32, 64, 64), 4096 if full else 512,
+                           "pad32" if what == "small32" else "pad100")
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     def run():
         if full:
             model(torch.tensor(x))
@@ -70,11 +76,15 @@ if lib == "torch":
 else:
     minifcn.set_num_threads(threads)
     from minifcn import Tensor, models, functional as F
-    from minifcn.optim import SGD
+    from minifcn.optim import SGD, Adam
     full = what == "full"
-    model = models.build("fcn8s", width=1.0 if full else 0.125, fc_width=4096 if full else 512,
-                         input_mode="pad32" if what == "small32" else "pad100")
-    opt = SGD(model.parameters(), 1e-3, 0.9)
+    if what == "classifier":
+        model = models.VGGClassifier(202, 0.125, 512, 64, batchnorm=True, head="average", dropout=0.0)
+        opt = Adam(model.parameters(), 1e-3)
+    else:
+        model = models.build("fcn8s", width=1.0 if full else 0.125, fc_width=4096 if full else 512,
+                             input_mode="pad32" if what == "small32" else "pad100")
+        opt = SGD(model.parameters(), 1e-3, 0.9)
     def run():
         if full:
             model(Tensor(x))
@@ -82,8 +92,9 @@ else:
             opt.zero_grad()
             F.softmax_cross_entropy(model(Tensor(x)), y).backward()
             opt.step()
-x = rng.standard_normal((1, 3, 375, 500) if what == "full" else (8, 3, 128, 128)).astype(np.float32)
-y = rng.integers(0, 21, (8, 128, 128))
+shape = {"full": (1, 3, 375, 500), "classifier": (64, 3, 64, 64)}.get(what, (8, 3, 128, 128))
+x = rng.standard_normal(shape).astype(np.float32)
+y = rng.integers(0, 202, 64) if what == "classifier" else rng.integers(0, 21, (8, 128, 128))
 times = []
 for _ in range(int(sys.argv[5])):
     t = time.perf_counter(); run(); times.append(time.perf_counter() - t)
@@ -118,6 +129,7 @@ def model_rows(args):
     rows = []
     for what, runs, label in (("small", args.repeat + 1, "small FCN-8s SGD step, batch 8 of 128², pad 100"),
                               ("small32", args.repeat + 1, "small FCN-8s SGD step, batch 8 of 128², pad32"),
+                              ("classifier", args.repeat + 1, "Tiny ImageNet classifier's Adam step, batch 64 of 64²"),
                               ("full", 3, "full FCN-8s forward, one 500×375 image")):
         mine, theirs = [], []
         for _ in range(args.processes):
@@ -131,15 +143,18 @@ def model_rows(args):
 
 
 def import_order(args):
-    """Section 4: the small step with numpy imported first / minifcn first, fresh processes, alternating."""
-    env = {"MINIFCN_BACKEND": args.backend}
-    firsts, lasts = [], []
-    for _ in range(args.processes):
-        lasts.append(child("numpy-first", "small", args.threads, args.repeat + 1, env))
-        firsts.append(child("minifcn", "small", args.threads, args.repeat + 1, env))
-    a = np.median([t for r in lasts for t in r["seconds"][1:]])
-    b = np.median([t for r in firsts for t in r["seconds"][1:]])
-    return f"| small FCN-8s SGD step, pad 100 | {a:.3f} | {b:.3f} | {a / b:.2f} |"
+    """Section 4: the small step and the classifier's with numpy imported first / minifcn first, fresh
+    processes, alternating."""
+    env, rows = {"MINIFCN_BACKEND": args.backend}, []
+    for what, label in (("small", "small FCN-8s SGD step, pad 100"), ("classifier", "classifier's Adam step")):
+        firsts, lasts = [], []
+        for _ in range(args.processes):
+            lasts.append(child("numpy-first", what, args.threads, args.repeat + 1, env))
+            firsts.append(child("minifcn", what, args.threads, args.repeat + 1, env))
+        a = np.median([t for r in lasts for t in r["seconds"][1:]])
+        b = np.median([t for r in firsts for t in r["seconds"][1:]])
+        rows.append(f"| {label} | {a:.3f} | {b:.3f} | {a / b:.2f} |")
+    return rows
 
 
 def cold_start(args):
@@ -263,7 +278,8 @@ def main():
     for row in model_rows(args):
         print(row, flush=True)
     print("\n| import order | numpy first s | minifcn first s | ratio |\n|---|---|---|---|")
-    print(import_order(args), flush=True)
+    for row in import_order(args):
+        print(row, flush=True)
     wall, step, compiled, tuned = cold_start(args)
     print(f"\ncold start (empty Numba cache and autotune table): {wall:.1f} s from a new process to the end of "
           f"the first training step; the step itself {step:.1f} s")

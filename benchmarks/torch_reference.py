@@ -46,3 +46,22 @@ class TorchFCN8s(nn.Module):
         p3 = self.score_pool3(pools[3])[:, :, b:b + up_p4.size(2), b:b + up_p4.size(3)]
         h = self.upscore8(up_p4 + p3)
         return h[:, :, c:c + x.size(2), c:c + x.size(3)]
+
+
+class TorchVGGClassifier(nn.Sequential):
+    """minifcn's VGGClassifier with batch norm and the "average" head: VGG16's 13 convolutions at any width,
+    each followed by BatchNorm2d and ReLU, ceil-mode pools, then fc6, fc7, fc8 applied at every pool5 pixel
+    (1 x 1 convolutions) and the class scores averaged over the map."""
+
+    def __init__(self, n_class, widths, fc):
+        layers, cin = [], 3
+        for c, depth in zip(widths, (2, 2, 3, 3, 3)):
+            for _ in range(depth):
+                layers += [nn.Conv2d(cin, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU()]
+                cin = c
+            layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+        layers += [nn.Conv2d(cin, fc, 1), nn.ReLU(), nn.Conv2d(fc, fc, 1), nn.ReLU(), nn.Conv2d(fc, n_class, 1)]
+        super().__init__(*layers)
+
+    def forward(self, x):
+        return super().forward(x).mean(dim=(2, 3))

@@ -1,6 +1,7 @@
 """Cross-check: an FCN-8s written in PyTorch with pytorch-fcn's layer names (built here, as an oracle).
 
-Loading its state dict into minifcn's FCN8s must give the same scores. Marked 'torch'; run in CI.
+Loading its state dict into minifcn's FCN8s must give the same scores. The speed benchmark's PyTorch twin
+of the Tiny ImageNet classifier must compute what minifcn's does. Marked 'torch'; run in CI.
 """
 
 import os
@@ -10,11 +11,12 @@ import numpy as np
 import pytest
 
 from minifcn import Tensor, no_grad
-from minifcn.models import FCN8s
+from minifcn import functional as F
+from minifcn.models import FCN8s, VGGClassifier
 
 torch = pytest.importorskip("torch", reason="PyTorch cross-checks need the 'crosscheck' extra")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from torch_reference import TorchFCN8s  # noqa: E402  (shared with the speed benchmarks)
+from torch_reference import TorchFCN8s, TorchVGGClassifier  # noqa: E402  (shared with the speed benchmarks)
 
 pytestmark = pytest.mark.torch
 
@@ -55,3 +57,27 @@ def test_pad32_mode_gives_the_same_scores_as_pytorch_padded_the_same_way():
     with no_grad():
         ours = mine(Tensor(x)).data
     np.testing.assert_allclose(ours, ref(torch.tensor(x)).detach().numpy(), rtol=1e-9, atol=1e-9)
+
+
+def test_the_benchmarks_pytorch_classifier_is_minifcns():
+    """The same weights (fc layers as 1 x 1 convolutions) give the same training-mode scores, with batch
+    statistics, and the same loss gradient: the classifier rows of benchmarks/speed.py time one computation."""
+    torch.manual_seed(2)
+    ref = TorchVGGClassifier(7, (4, 8, 16, 32, 32), 24).double().train()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.3)
+    mine = VGGClassifier(7, 1 / 16, 24, 64, batchnorm=True, head="average", dropout=0.0)
+    theirs = list(ref.parameters())
+    assert len(theirs) == len(list(mine.parameters()))
+    for p, q in zip(mine.parameters(), theirs):
+        p.data = q.detach().numpy().reshape(p.data.shape).copy()
+    x = np.random.default_rng(2).standard_normal((3, 3, 64, 64))
+    y = np.array([0, 4, 6])
+    loss = F.softmax_cross_entropy(mine(Tensor(x)), y)
+    loss.backward()
+    ref_loss = torch.nn.functional.cross_entropy(ref(torch.tensor(x)), torch.tensor(y))
+    ref_loss.backward()
+    np.testing.assert_allclose(loss.item(), ref_loss.item(), rtol=1e-9)
+    for p, q in zip(mine.parameters(), theirs):
+        np.testing.assert_allclose(p.grad, q.grad.numpy().reshape(p.grad.shape), rtol=1e-7, atol=1e-9)

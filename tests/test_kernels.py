@@ -131,6 +131,46 @@ def test_every_tile_variant_matches_reference(pixels, dtype, g, cin, cout, rows)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@given(g=conv_geometry(max_size=12), batch=st.integers(1, 20), cin=st.sampled_from([None, 9]),
+       cout=st.sampled_from([None, 8, 20]))
+def test_tiles_over_images_side_by_side_match_reference(dtype, g, batch, cin, cout):
+    """Every forward tile shape and the 3x3 weight gradient over a batch laid side by side in zero-padded
+    cells (side_by_side), against the textbook: no image may read its neighbour's pixels, whatever the
+    padding, dilation, map size and a last row of cells left part empty."""
+    from minifcn.kernels import numba_tiled, side_by_side
+    g = shaped(dict(g, stride=(1, 1)), cin, cout, True)
+    g = dict(g, x_shape=(batch,) + g["x_shape"][1:])
+    rng, x, w, _ = random_arrays(g, dtype)
+    padding, dilation = g["padding"], g["dilation"]
+    y = reference.conv2d(x, w, 1, padding, dilation)
+    for channels, rows, vectors in numba_tiled.FORWARD_TILES.values():
+        close(side_by_side.conv2d(x, w, padding, dilation, rows, channels, vectors), y, dtype)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    close(side_by_side.conv2d_weight_grad(gy, x, w.shape, padding, dilation),
+          reference.conv2d_weight_grad(gy, x, w.shape, 1, padding, dilation), dtype)
+
+
+def test_small_maps_are_laid_side_by_side_where_that_saves_lanes():
+    """The count of images per row of cells wastes the fewest lanes (8 x 8 maps, pad 1, 16 lanes: 5 cells
+    of 10 pixels make 48 output columns, 3 whole tiles), and the route is offered only where it saves a
+    quarter of the lanes: 4 x 4 and 8 x 8 maps, not 16-pixel rows or a batch of one; with this CPU's tile
+    width, autotune measures it exactly there."""
+    from minifcn.conv_arithmetic import conv_geometry as geometry
+    from minifcn.kernels import numba_tiled, side_by_side
+    assert side_by_side.sides(64, 8, 1, 3, 1, 16) == 5
+    lanes = {k: -(-64 // k) * (-(-(10 * k - 2) // 16) * 16) for k in range(1, 17)}
+    assert lanes[5] == min(lanes.values())
+    for size, batch, offered in [(4, 64, True), (8, 64, True), (16, 64, False), (32, 8, False), (8, 1, False)]:
+        geo = geometry((batch, 8, size, size), (3, 3), 1, 1, 1)
+        assert side_by_side.worth((batch, 8, size, size), geo, 16) == offered, (size, batch)
+        here = side_by_side.worth((batch, 8, size, size), geo, numba_tiled.WIDTH)
+        ways = numba_cpu.candidates("conv2d", (batch, 8, size, size), geo, (8, 8, 3, 3), 4)
+        assert here == any(way.startswith("side") for way in ways)
+        assert side_by_side.worth((batch, 8, size, size), geo, numba_tiled.GRAD_WIDTH) == (
+            "side" in numba_cpu.candidates("conv2d_weight_grad", (batch, 8, size, size), geo, (8, 8, 3, 3), 4))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @given(g=conv_geometry(max_size=30), cin=st.sampled_from([None, 9, 24]), cout=st.sampled_from([None, 8, 20]),
        tiles=st.sampled_from([1, 7, 256]))
 def test_winograd_matches_reference(dtype, g, cin, cout, tiles):

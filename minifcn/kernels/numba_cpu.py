@@ -23,7 +23,7 @@ from numba.extending import intrinsic
 
 from .. import backend
 from ..conv_arithmetic import conv_geometry
-from . import autotune, gemm, numba_tiled, precompile, reference, shifted_gemm, subpixel, winograd
+from . import autotune, gemm, numba_tiled, precompile, reference, shifted_gemm, side_by_side, subpixel, winograd
 from .numba_tiled import stack_array
 
 FLOAT_DTYPES = (np.float32, np.float64)  # Numba compiles no float16 arithmetic
@@ -117,7 +117,8 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
 # flipped kernel ("flipped"), itself routed as a forward pass; strided, over the phases ("subpixel").
 # Which route runs is measured once per shape on this CPU (autotune.py); the by-shape rule below decides
 # where that is off, and ROUTE forces one route wherever it can run (tests, benchmarks).
-ROUTES = ("tiled", "tiled2", "tiled6", "tiled4", "shifted", "winograd", "im2col", "subpixel", "col2im", "flipped")
+ROUTES = ("tiled", "tiled2", "tiled6", "tiled4", "side", "side2", "side6", "side4", "shifted", "winograd", "im2col",
+          "subpixel", "col2im", "flipped")  # "sideN": tile "tiledN" over images side by side (side_by_side)
 ROUTE = None  # None: measured, or by shape; "tiled", "shifted", "winograd", "im2col": that route where it can run
 
 
@@ -175,6 +176,9 @@ def candidates(op, input_shape, geo, w_shape, itemsize):
         ways = ["flipped"]
     else:
         ways = numba_tiled.forward_tiles() if op == "conv2d" else ["tiled"] if geo.kernel == (3, 3) else []
+        lanes = numba_tiled.WIDTH if op == "conv2d" else numba_tiled.GRAD_WIDTH
+        if ways and side_by_side.worth(input_shape, geo, lanes):
+            ways += [way.replace("tiled", "side") for way in ways]
         ways.append("shifted")
         pixels = geo.out[0] * geo.out[1]
         if op != "conv2d_input_grad" and winograd.applies(geo) and winograd.worth(cin, cout, pixels):
@@ -214,6 +218,9 @@ def conv2d(x, w, stride=1, padding=0, dilation=1):
         if way in numba_tiled.FORWARD_TILES:
             channels, rows, vectors = numba_tiled.FORWARD_TILES[way]
             return numba_tiled.conv2d(x, w, geo.padding, geo.dilation, rows, channels=channels, vectors=vectors)
+        if way.startswith("side"):
+            channels, rows, vectors = numba_tiled.FORWARD_TILES[way.replace("side", "tiled")]
+            return side_by_side.conv2d(x, w, geo.padding, geo.dilation, rows, channels, vectors)
         if way == "shifted":
             return shifted_gemm.conv2d(x, w, geo.padding, geo.dilation)
         if way == "winograd":
@@ -282,6 +289,8 @@ def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1):
     def run(way):
         if way == "tiled":
             return numba_tiled.conv2d_weight_grad(g, x, w_shape, geo.padding, geo.dilation)
+        if way == "side":
+            return side_by_side.conv2d_weight_grad(g, x, w_shape, geo.padding, geo.dilation)
         if way == "shifted":
             return shifted_gemm.conv2d_weight_grad(g, x, w_shape, geo.padding, geo.dilation)
         if way == "winograd":

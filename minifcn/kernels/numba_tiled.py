@@ -283,10 +283,14 @@ def conv2d(x, w, padding, dilation, rows=1, pixels=None, channels=TILE_CHANNELS,
     OW = x.shape[3] + 2 * padding[1] - dw * (kw - 1)
     xp = _padded_input(x.astype(dtype, copy=False), padding, OW, kw, dw, kernels.pixels, spare_rows=rows - 1)
     out = np.empty((x.shape[0], w.shape[0], OH, OW), dtype=dtype)
-    with straight_line_vectorizer():
-        (kernels.forward_rows if rows == 2 else kernels.forward)(xp, _pack(w.astype(dtype, copy=False), channels),
-                                                                 dh, dw, out)
+    run_forward(kernels, xp, w.astype(dtype, copy=False), dilation, rows, out)
     return out
+
+
+def run_forward(kernels, xp, w, dilation, rows, out):
+    """out = the unpadded convolution of xp (wide enough for whole tiles, ``rows - 1`` spare rows) with w."""
+    with straight_line_vectorizer():
+        (kernels.forward_rows if rows == 2 else kernels.forward)(xp, _pack(w, kernels.channels), *dilation, out)
 
 
 def conv2d_weight_grad(g, x, w_shape, padding, dilation, pixels=GRAD_WIDTH):
@@ -298,9 +302,14 @@ def conv2d_weight_grad(g, x, w_shape, padding, dilation, pixels=GRAD_WIDTH):
     width = -(-OW // kernels.pixels) * kernels.pixels
     g = np.ascontiguousarray(g.astype(dtype, copy=False))
     gp = g if width == OW else _placed(g, (N, O, OH, width))  # the tail lanes add 0
+    return run_weight_grad(xp, gp, w_shape, dilation, dtype, pixels)
+
+
+def run_weight_grad(xp, gp, w_shape, dilation, dtype, pixels=GRAD_WIDTH):
+    """The 3x3 weight gradient of padded xp and gp (zero-padded to whole tiles of ``pixels``)."""
     out = np.empty(w_shape, dtype=dtype)
     with straight_line_vectorizer():
-        kernels.weight_grad_3x3(xp, gp, dilation[0], dilation[1], out)
+        KERNELS[pixels].weight_grad_3x3(xp, gp, dilation[0], dilation[1], out)
     return out
 
 

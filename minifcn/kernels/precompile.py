@@ -40,13 +40,15 @@ def _zeros(dtype, *shape):
 
 
 def _tiles(kernels, dtype):
-    """The forward tiles worth trying on this CPU and the 3x3 weight-gradient tile (all pad with _place)."""
+    """The forward tiles worth trying on this CPU and the 3x3 weight-gradient tile (all pad with _place),
+    and the copies that lay small maps side by side for them."""
     numba_tiled = kernels.numba_tiled
-    x, w = _zeros(dtype, 1, 1, 4, 4), _zeros(dtype, 1, 1, 3, 3)
+    x, w = _zeros(dtype, 2, 1, 4, 4), _zeros(dtype, 1, 1, 3, 3)
     for name in numba_tiled.forward_tiles():
         channels, rows, vectors = numba_tiled.FORWARD_TILES[name]
         numba_tiled.conv2d(x, w, (1, 1), (1, 1), rows, channels=channels, vectors=vectors)
     numba_tiled.conv2d_weight_grad(x, x, w.shape, (1, 1), (1, 1))
+    kernels.side_by_side.conv2d(x, w, (1, 1), (1, 1))
 
 
 def _winograd(numba_cpu, dtype):

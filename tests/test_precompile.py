@@ -176,6 +176,7 @@ for name, (task, _) in precompile.TASKS.items():
 def dispatchers(namespace):
     return {k: d for k, d in vars(namespace).items() if isinstance(d, numba.core.dispatcher.Dispatcher)}
 found = {**dispatchers(numba_cpu), **dispatchers(numba_tiled), **dispatchers(numba_cpu.winograd),
+         **dispatchers(numba_cpu.side_by_side),
          **{f"tiles{w}.{k}": d for w, n in numba_tiled.KERNELS.items() for k, d in dispatchers(n).items()}}
 print(json.dumps(sorted(k for k, d in found.items() if not d.overloads)))
 """
@@ -183,7 +184,8 @@ print(json.dumps(sorted(k for k, d in found.items() if not d.overloads)))
 
 @pytest.mark.slow
 def test_the_tasks_compile_every_kernel_there_is(tmp_path):
-    """A kernel added to numba_cpu, numba_tiled or winograd but to no task would compile alone, at first use."""
+    """A kernel added to numba_cpu, numba_tiled, winograd or side_by_side but to no task would compile alone,
+    at first use."""
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "MINIFCN_PRECOMPILE": "0"}
     out = subprocess.run([sys.executable, "-c", PRECOMPILE_ALL], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -40,15 +40,18 @@ def _zeros(dtype, *shape):
 
 
 def _tiles(kernels, dtype):
-    """The forward tiles worth trying on this CPU and the 3x3 weight-gradient tile (all pad with _place),
-    and the copies that lay small maps side by side for them."""
+    """The forward tiles worth trying on this CPU and the 3x3 weight-gradient tile (all pad with _place)."""
     numba_tiled = kernels.numba_tiled
-    x, w = _zeros(dtype, 2, 1, 4, 4), _zeros(dtype, 1, 1, 3, 3)
+    x, w = _zeros(dtype, 1, 1, 4, 4), _zeros(dtype, 1, 1, 3, 3)
     for name in numba_tiled.forward_tiles():
         channels, rows, vectors = numba_tiled.FORWARD_TILES[name]
         numba_tiled.conv2d(x, w, (1, 1), (1, 1), rows, channels=channels, vectors=vectors)
     numba_tiled.conv2d_weight_grad(x, x, w.shape, (1, 1), (1, 1))
-    kernels.side_by_side.conv2d(x, w, (1, 1), (1, 1))
+
+
+def _side(kernels, dtype):
+    """The copies that lay small maps side by side for the tiles, and back."""
+    kernels.side_by_side.conv2d(_zeros(dtype, 2, 1, 4, 4), _zeros(dtype, 1, 1, 3, 3), (1, 1), (1, 1))
 
 
 def _winograd(numba_cpu, dtype):
@@ -93,11 +96,11 @@ def _batch_norm(numba_cpu, dtype):
 
 
 # name: (what it runs, its cost in kernels of about a second to compile: measured on a 2-core Zen 4)
-TASKS = {"tiles": (_tiles, 5.0), "loss": (_loss, 1.5), "phases": (_phases, 2.0), "pool": (_pool, 2.0),
-         "im2col": (_im2col, 1.0), "col2im": (_col2im, 1.0), "relu": (_relu, 0.5), "batch_norm": (_batch_norm, 4.0),
-         "winograd": (_winograd, 6.0)}
-GROUPS = {"fcn": ("tiles", "loss", "phases", "pool", "im2col", "col2im", "relu"), "batch_norm": ("batch_norm",),
-          "winograd": ("winograd",)}
+TASKS = {"tiles": (_tiles, 5.0), "side": (_side, 1.5), "loss": (_loss, 1.5), "phases": (_phases, 2.0),
+         "pool": (_pool, 2.0), "im2col": (_im2col, 1.0), "col2im": (_col2im, 1.0), "relu": (_relu, 0.5),
+         "batch_norm": (_batch_norm, 4.0), "winograd": (_winograd, 6.0)}
+GROUPS = {"fcn": ("tiles", "side", "loss", "phases", "pool", "im2col", "col2im", "relu"),
+          "batch_norm": ("batch_norm",), "winograd": ("winograd",)}
 _state = {"seen": set(), "done": set(), "reports": []}
 
 

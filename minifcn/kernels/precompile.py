@@ -96,7 +96,7 @@ def _batch_norm(numba_cpu, dtype):
 
 
 # name: (what it runs, its cost in kernels of about a second to compile: measured on a 2-core Zen 4)
-TASKS = {"tiles": (_tiles, 5.0), "side": (_side, 1.5), "loss": (_loss, 1.5), "phases": (_phases, 2.0),
+TASKS = {"tiles": (_tiles, 5.0), "side": (_side, 0.5), "loss": (_loss, 1.5), "phases": (_phases, 2.0),
          "pool": (_pool, 2.0), "im2col": (_im2col, 1.0), "col2im": (_col2im, 1.0), "relu": (_relu, 0.5),
          "batch_norm": (_batch_norm, 4.0), "winograd": (_winograd, 6.0)}
 GROUPS = {"fcn": ("tiles", "side", "loss", "phases", "pool", "im2col", "col2im", "relu"),

@@ -16,7 +16,7 @@ gradient, which is zero on the dropped columns, so its sum is the images' sum ex
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import numba_tiled
 
@@ -49,11 +49,13 @@ def worth(input_shape, geo, pixels):
     return g > 1 and together <= 0.75 * alone
 
 
-@njit(parallel=True, cache=True)
+# The two copies run on one thread: they move a few MB at most, and a serial kernel compiles in a fraction
+# of a parallel one's second (a cold start compiles them).
+@njit(cache=True)
 def _spread(x, g, cell, top, left, wide):
     """wide[n // g, c, top + y, (n % g) * cell + left + x] = x[n, c, y, x]; wide arrives zeroed."""
     N, C, H, W = x.shape
-    for nc in prange(N * C):
+    for nc in range(N * C):
         n, c = nc // C, nc % C
         row0, col0 = top, (n % g) * cell + left
         for y in range(H):
@@ -61,11 +63,11 @@ def _spread(x, g, cell, top, left, wide):
                 wide[n // g, c, row0 + y, np.uint64(col0 + col)] = x[n, c, y, np.uint64(col)]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _gather(wide, g, cell, out):
     """out[n, o, y, x] = wide[n // g, o, y, (n % g) * cell + x]: each image's columns of its cell."""
     N, O, H, W = out.shape
-    for no in prange(N * O):
+    for no in range(N * O):
         n, o = no // O, no % O
         col0 = (n % g) * cell
         for y in range(H):

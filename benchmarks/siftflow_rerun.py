@@ -113,5 +113,6 @@ def main(argv=None):
                   + f"  ({r[name]['train_minutes']:.1f} min)")
         print(f"{label:6}  fcn8s - control " + "  ".join(f"{k} {100 * gaps[label][k]:+.1f}" for k in METRICS))
 
+
 if __name__ == "__main__":
     main()

@@ -15,6 +15,8 @@ useful work instead of 50 %. The weight gradient sums g * x over every position 
 gradient, which is zero on the dropped columns, so its sum is the images' sum exactly.
 """
 
+import functools
+
 import numpy as np
 from numba import njit
 
@@ -27,14 +29,19 @@ def _whole(n, pixels):
     return -(-n // pixels) * pixels
 
 
-def sides(N, W, pw, kw, dw, pixels):
-    """How many images to lay side by side: the count (1 to MOST_SIDES) whose wide rows waste the fewest
-    lanes over the whole batch (the last row of cells may be part empty); the fewer the better on a tie."""
-    cell, OW = W + 2 * pw, W + 2 * pw - dw * (kw - 1)
+def _lanes(N, g, W, pw, kw, dw, pixels):
+    """The tile lanes a batch of N maps W wide takes with g of them side by side in each row of cells (the
+    last row may be part empty); g = 1 is the tiles' own cost, one padded map per row."""
+    return -(-N // g) * _whole(g * (W + 2 * pw) - dw * (kw - 1), pixels)
 
-    def lanes(g):
-        return -(-N // g) * _whole(g * cell - dw * (kw - 1), pixels)
-    return min(range(1, min(N, MOST_SIDES) + 1), key=lambda g: (lanes(g), g)) if OW > 0 else 1
+
+@functools.lru_cache(maxsize=None)  # asked on every convolution a route is chosen for: a pure function of ints
+def sides(N, W, pw, kw, dw, pixels):
+    """How many images to lay side by side: the count (1 to MOST_SIDES) that takes the fewest lanes over
+    the whole batch; the fewer images the better on a tie."""
+    if W + 2 * pw - dw * (kw - 1) <= 0:
+        return 1
+    return min(range(1, min(N, MOST_SIDES) + 1), key=lambda g: (_lanes(N, g, W, pw, kw, dw, pixels), g))
 
 
 def worth(input_shape, geo, pixels):
@@ -42,11 +49,9 @@ def worth(input_shape, geo, pixels):
     N, _, _, W = input_shape
     if geo.stride != (1, 1) or N < 2 or geo.out[1] < 1:
         return False
-    (_, kw), (_, pw), (_, dw) = geo.kernel, geo.padding, geo.dilation
-    g = sides(N, W, pw, kw, dw, pixels)
-    alone = N * _whole(geo.out[1], pixels)
-    together = -(-N // g) * _whole(g * (W + 2 * pw) - dw * (kw - 1), pixels)
-    return g > 1 and together <= 0.75 * alone
+    shape = N, W, geo.padding[1], geo.kernel[1], geo.dilation[1], pixels
+    g = sides(*shape)
+    return g > 1 and _lanes(N, g, *shape[1:]) <= 0.75 * _lanes(N, 1, *shape[1:])
 
 
 # The two copies run on one thread: they move a few MB at most, and a serial kernel compiles in a fraction

@@ -20,6 +20,9 @@ from . import launcher  # noqa: E402 (reads the environment only; no numpy)
 from . import cpu  # noqa: E402 (llvmlite only: full-width vectors on AVX-512, see minifcn/cpu.py)
 
 cpu.use_full_width()
+from . import memory  # noqa: E402 (freed memory kept for the next step, see minifcn/memory.py)
+
+memory.keep_freed_memory()
 
 if launcher.local_size() > 1:
     for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):

@@ -108,9 +108,17 @@ class Crops:
         return batches_of_crops(self.dataset, self.config, range(len(self.dataset)), (self.config.seed, VALIDATION))
 
 
+# normalize's formula for each of the 256 values a uint8 can take, per channel: (3, 256)
+NORMALIZED = ((np.arange(256, dtype=np.float32)[:, None] / 255 - MEAN) / STD).T.copy()
+
+
 def normalize_batch(images):
-    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W), as ``normalize`` does one image ("imagenet")."""
-    return ((images.astype(np.float32) / 255 - MEAN) / STD).transpose(0, 3, 1, 2).copy()
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W), bit for bit as ``normalize`` does one image
+    ("imagenet"), by table lookup: 3.6 -> 1.0 ms for a batch of 64 photos of 64 x 64."""
+    out = np.empty((len(images), 3) + images.shape[1:3], np.float32)
+    for c in range(3):
+        np.take(NORMALIZED[c], images[..., c], out=out[:, c])
+    return out
 
 
 def read_photos(dataset, side, progress):

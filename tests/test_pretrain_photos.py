@@ -14,7 +14,7 @@ from minifcn.checkpoint import initialize
 from minifcn.config import PretrainConfig
 from minifcn.data import TinyImageNet, normalize
 from minifcn.models import FCN8s, VGGClassifier, convolutionalize
-from minifcn.pretrain import Photos, pretrain
+from minifcn.pretrain import Photos, normalize_batch, pretrain
 
 from helpers import WNIDS, Interrupt, run
 
@@ -46,6 +46,15 @@ def test_each_training_photo_is_a_flip_and_shift_of_its_own_photo(tiny, tmp_path
     assert sum(len(y) for _, y in photos.epoch(1)) == len(photos) == 6
     val = np.concatenate([x for x, _ in photos.validation(batch_size=4)])
     assert np.allclose(val, np.stack([normalize(image) for image in photos.images]))  # validation: untouched
+
+
+def test_the_batch_lookup_is_normalize_bit_for_bit():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 16, 17, 3), dtype=np.uint8)
+    images[0].reshape(-1)[:256 * 3] = np.repeat(np.arange(256, dtype=np.uint8), 3)  # every value, every channel
+    got = normalize_batch(images)
+    assert got.dtype == np.float32 and got.shape == (5, 3, 16, 17)
+    assert np.array_equal(got, np.stack([normalize(image) for image in images]))
 
 
 def test_photo_pretraining_logs_top5_and_resumes_mid_epoch_bit_for_bit(tiny, tmp_path, monkeypatch):

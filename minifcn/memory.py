@@ -50,7 +50,9 @@ def keep_freed_memory(environ=os.environ):
     if reason is None:
         import ctypes
         mallopt = ctypes.CDLL(None).mallopt
-        if not (mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
+        # Some glibc versions refuse an mmap threshold over 32 MiB (their DEFAULT_MMAP_THRESHOLD_MAX): then 32.
+        if not (mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+                and any(mallopt(_M_MMAP_THRESHOLD, size) for size in (MMAP_THRESHOLD, 32 << 20))):
             reason = "glibc refused mallopt"
     global STATE
     STATE = reason

@@ -5,7 +5,7 @@ The Numba kernels run everywhere; the CUDA kernels run where CuPy sees a GPU.
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from minifcn import backend
@@ -312,6 +312,22 @@ def pool_geometry(draw):
     # (a NaN wins over numbers, the first NaN over later ones, and a window of -inf still has an arg-max)
     values = draw(st.sampled_from(["normal", "ties", "specials"]))
     return shape, (kh, kw), (sh, sw), (ph, pw), out, values, draw(st.integers(0, 2**16))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(H=st.integers(1, 9), W=st.integers(1, 9), ceil=st.booleans(),
+       values=st.sampled_from(["normal", "ties", "specials"]), seed=st.integers(0, 2**16))
+def test_vggs_2x2_pool_has_its_own_kernel_that_matches_the_reference(dtype, H, W, ceil, values, seed):
+    """Numba's 2x2 stride-2 pool (odd sides in ceil mode leave windows of one or two taps)."""
+    assume(ceil or min(H, W) >= 2)  # floor mode needs a whole window
+    shape, out = (2, 3, H, W), (pool_output_size(H, 2, 2, 0, ceil), pool_output_size(W, 2, 2, 0, ceil))
+    rng = np.random.default_rng(seed)
+    x = {"normal": lambda: rng.standard_normal(shape), "ties": lambda: rng.integers(-2, 3, shape),
+         "specials": lambda: rng.choice([-np.inf, -1.0, 0.0, 1.0, np.inf, np.nan], shape)}[values]().astype(dtype)
+    y, arg = reference.max_pool(x, (2, 2), (2, 2), (0, 0), out)
+    y2, arg2 = numba_cpu.max_pool(x, (2, 2), (2, 2), (0, 0), out)
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(arg2, arg)
 
 
 @pytest.mark.parametrize("module, to_device", KERNELS)

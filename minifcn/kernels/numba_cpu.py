@@ -391,6 +391,52 @@ def _max_pool(x, kh, kw, sh, sw, ph, pw, y, argmax):
                         where[at] = k if take else w
 
 
+@njit(cache=True)
+def _better(v, best):
+    """Whether a later tap's value v replaces the best so far: larger, or a NaN over a number."""
+    return (v > best) | ((v != v) & (best == best))
+
+
+@njit(parallel=True, cache=True)
+def _max_pool_2x2(x, y, argmax):
+    """VGG's pools (2x2 windows, stride 2, no padding) with each window's four taps read at once, where
+    ``_max_pool`` passes over a row of outputs once per tap; same rules, same tap order (0 1 / 2 3). In
+    ceil mode an odd H or W leaves a last row or column of windows with only their top or left taps."""
+    N, C, H, W = x.shape
+    OH, OW = y.shape[2], y.shape[3]
+    full = W // 2
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for oh in range(OH):
+            top, best, where = x[n, c, 2 * oh], y[n, c, oh], argmax[n, c, oh]
+            if 2 * oh + 1 < H:
+                bottom = x[n, c, 2 * oh + 1]
+                for ow in range(full):
+                    at = np.uint64(2 * ow)
+                    m, k = top[at], 0
+                    v = top[at + 1]
+                    t = _better(v, m)
+                    m, k = (v, 1) if t else (m, k)
+                    v = bottom[at]
+                    t = _better(v, m)
+                    m, k = (v, 2) if t else (m, k)
+                    v = bottom[at + 1]
+                    t = _better(v, m)
+                    best[ow], where[ow] = (v, 3) if t else (m, k)
+                if OW > full:
+                    v, m = bottom[W - 1], top[W - 1]
+                    t = _better(v, m)
+                    best[full], where[full] = (v, 2) if t else (m, 0)
+            else:
+                for ow in range(full):
+                    at = np.uint64(2 * ow)
+                    m, v = top[at], top[at + 1]
+                    t = _better(v, m)
+                    best[ow], where[ow] = (v, 1) if t else (m, 0)
+                if OW > full:
+                    best[full], where[full] = top[W - 1], 0
+
+
 @njit(parallel=True, cache=True)
 def _max_pool_backward(g, argmax, kw, sh, sw, ph, pw, dx):
     N, C, H, W = dx.shape
@@ -406,7 +452,10 @@ def _max_pool_backward(g, argmax, kw, sh, sw, ph, pw, dx):
 def max_pool(x, kernel, stride, padding, out_hw):
     y = np.empty(x.shape[:2] + tuple(out_hw), dtype=x.dtype)
     argmax = np.empty(y.shape, dtype=np.uint8)
-    _max_pool(np.ascontiguousarray(x), *kernel, *stride, *padding, y, argmax)
+    if tuple(kernel) == tuple(stride) == (2, 2) and tuple(padding) == (0, 0):
+        _max_pool_2x2(np.ascontiguousarray(x), y, argmax)
+    else:
+        _max_pool(np.ascontiguousarray(x), *kernel, *stride, *padding, y, argmax)
     return y, argmax
 
 

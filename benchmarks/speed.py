@@ -265,10 +265,11 @@ def main():
     p.add_argument("--skip-layers", action="store_true")
     args = p.parse_args()
     os.environ["MINIFCN_BACKEND"] = args.backend
-    from minifcn import cpu
+    from minifcn import cpu, memory
     from minifcn.kernels import autotune
     print(f"CPU: {cpu.describe()}; {args.threads} threads; routes "
-          f"{'measured (autotune)' if autotune.enabled() else 'by shape (autotune off)'}")
+          f"{'measured (autotune)' if autotune.enabled() else 'by shape (autotune off)'}; freed memory "
+          f"{'kept (minifcn/memory.py)' if memory.STATE is None else 'returned: ' + memory.STATE}")
     import layers  # noqa: E402  (reads MINIFCN_BACKEND through minifcn)
     if not args.skip_layers:
         layers.main(["--repeat", str(args.repeat), "--threads", str(args.threads), "--backend", args.backend])

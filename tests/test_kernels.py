@@ -318,7 +318,8 @@ def pool_geometry(draw):
 @given(H=st.integers(1, 9), W=st.integers(1, 9), ceil=st.booleans(),
        values=st.sampled_from(["normal", "ties", "specials"]), seed=st.integers(0, 2**16))
 def test_vggs_2x2_pool_has_its_own_kernel_that_matches_the_reference(dtype, H, W, ceil, values, seed):
-    """Numba's 2x2 stride-2 pool (odd sides in ceil mode leave windows of one or two taps)."""
+    """Numba's 2x2 stride-2 pool, and the backward on its arg-maxes (odd sides leave windows of one or two
+    taps in ceil mode, and inputs no window covers in floor mode)."""
     assume(ceil or min(H, W) >= 2)  # floor mode needs a whole window
     shape, out = (2, 3, H, W), (pool_output_size(H, 2, 2, 0, ceil), pool_output_size(W, 2, 2, 0, ceil))
     rng = np.random.default_rng(seed)
@@ -328,6 +329,9 @@ def test_vggs_2x2_pool_has_its_own_kernel_that_matches_the_reference(dtype, H, W
     y2, arg2 = numba_cpu.max_pool(x, (2, 2), (2, 2), (0, 0), out)
     np.testing.assert_array_equal(y2, y)
     np.testing.assert_array_equal(arg2, arg)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    np.testing.assert_array_equal(numba_cpu.max_pool_backward(g, arg, shape, (2, 2), (2, 2), (0, 0)),
+                                  reference.max_pool_backward(g, arg, shape, (2, 2), (2, 2), (0, 0)))
 
 
 @pytest.mark.parametrize("module, to_device", KERNELS)

@@ -62,3 +62,19 @@ def test_a_rerun_record_pairs_with_the_published_table_and_its_gaps_are_its_rows
     for label, rows in rerun[kind].items():
         for key, gap in rerun["gap_fcn8s_minus_control"][label].items():
             assert gap == pytest.approx(rows["fcn8s"][key] - rows["fcn32s-control"][key], abs=1e-12), (label, key)
+
+
+def test_the_classifier_rerun_record_is_the_shipped_command_and_its_own_history():
+    """benchmarks/results/tinyimagenet-rerun.json times the shipped classifier's command with later code: its
+    headline figures are its last epoch's, and the command is the shipped provenance's, word for word."""
+    with open(os.path.join(RESULTS, "tinyimagenet-rerun.json")) as f:
+        rerun = json.load(f)
+    shipped_path = os.path.join(os.path.dirname(__file__), "..", "minifcn", "pretrained", "vgg16-tinyimagenet.json")
+    with open(shipped_path) as f:
+        shipped = json.load(f)
+    assert rerun["command"] == shipped["command"]
+    last = rerun["history"][-1]
+    assert rerun["epochs"] == last["epoch"] == shipped["epochs"] == len(rerun["history"])
+    assert (rerun["minutes"], rerun["top1"], rerun["top5"]) == (last["seconds"] / 60, last["val_accuracy"],
+                                                                last["val_top5"])
+    assert [h["epoch"] for h in rerun["history"]] == list(range(1, rerun["epochs"] + 1))

@@ -11,8 +11,8 @@ step: the Tiny ImageNet classifier (batch 64) 3,700 faults and 18 ms of kernel t
 minifcn asks glibc for the same at import (``mallopt``): blocks under 64 MiB come from the heap, and up
 to 256 MiB of free heap is kept for the next step instead of going back to the kernel. Both faults
 counts fall below 130 per step. That is process-wide: the rest of the program allocates the same way.
-Peak memory barely moves (classifier step 267 MB either way, small FCN-8s 442 -> 461 MB); what the
-process holds between steps can stay up to 256 MiB higher.
+Peak memory barely moves (the same within 6 MB in benchmarks/speed.py's steps; 442 -> 461 MB in one other
+script's small FCN-8s); what the process holds between steps can stay up to 256 MiB higher.
 
 Left as it is where the user has tuned malloc (``MALLOC_*_`` variables or ``GLIBC_TUNABLES`` with
 ``glibc.malloc``), where ``MINIFCN_KEEP_MEMORY=0``, and on C libraries other than glibc.

@@ -35,7 +35,6 @@ from .autograd import Tensor, no_grad
 from .checkpoint import load_classifier, read_checkpoint, save_checkpoint
 from .config import PretrainConfig  # noqa: F401  (the settings of this stage live with the others)
 from .data import SIFTFlow, TinyImageNet, VOCSegmentation, normalize
-from .data.transforms import MEAN, STD
 from .data.voc import IGNORE
 from .models.vgg import VGGClassifier
 from .optim import SGD, Adam
@@ -108,8 +107,8 @@ class Crops:
         return batches_of_crops(self.dataset, self.config, range(len(self.dataset)), (self.config.seed, VALIDATION))
 
 
-# normalize's formula for each of the 256 values a uint8 can take, per channel: (3, 256)
-NORMALIZED = ((np.arange(256, dtype=np.float32)[:, None] / 255 - MEAN) / STD).T.copy()
+# normalize applied to each of the 256 values a uint8 can take, in each channel: (3, 256)
+NORMALIZED = np.ascontiguousarray(normalize(np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2))[:, 0])
 
 
 def normalize_batch(images):

@@ -360,6 +360,18 @@ def from_phases(phases, geo, input_shape):
     return out
 
 
+@njit(cache=True)
+def _better(v, best):
+    """Whether a later tap's value v replaces the best so far: larger, or a NaN over a number."""
+    return (v > best) | ((v != v) & (best == best))
+
+
+@njit(cache=True)
+def _keep_best(best, where, v, tap):
+    """(best so far, its tap) after a later tap of value v."""
+    return (v, tap) if _better(v, best) else (best, where)
+
+
 @njit(parallel=True, cache=True)
 def _max_pool(x, kh, kw, sh, sw, ph, pw, y, argmax):
     """Taps in order: the first maximum wins, a NaN beats numbers, padding never wins (as in PyTorch).
@@ -386,15 +398,9 @@ def _max_pool(x, kh, kw, sh, sw, ph, pw, y, argmax):
                     for ow in range(lo, hi):  # selects, not branches: LLVM vectorises them
                         at = np.uint64(ow)
                         v, b, w = row[np.uint64(ow * sw - pw + j)], best[at], where[at]
-                        take = (w == 255) | (v > b) | ((v != v) & (b == b))
+                        take = (w == 255) | _better(v, b)
                         best[at] = v if take else b
                         where[at] = k if take else w
-
-
-@njit(cache=True)
-def _better(v, best):
-    """Whether a later tap's value v replaces the best so far: larger, or a NaN over a number."""
-    return (v > best) | ((v != v) & (best == best))
 
 
 @njit(parallel=True, cache=True)
@@ -413,26 +419,15 @@ def _max_pool_2x2(x, y, argmax):
                 bottom = x[n, c, 2 * oh + 1]
                 for ow in range(full):
                     at = np.uint64(2 * ow)
-                    m, k = top[at], 0
-                    v = top[at + 1]
-                    t = _better(v, m)
-                    m, k = (v, 1) if t else (m, k)
-                    v = bottom[at]
-                    t = _better(v, m)
-                    m, k = (v, 2) if t else (m, k)
-                    v = bottom[at + 1]
-                    t = _better(v, m)
-                    best[ow], where[ow] = (v, 3) if t else (m, k)
+                    m, k = _keep_best(top[at], 0, top[at + 1], 1)
+                    m, k = _keep_best(m, k, bottom[at], 2)
+                    best[ow], where[ow] = _keep_best(m, k, bottom[at + 1], 3)
                 if OW > full:
-                    v, m = bottom[W - 1], top[W - 1]
-                    t = _better(v, m)
-                    best[full], where[full] = (v, 2) if t else (m, 0)
+                    best[full], where[full] = _keep_best(top[W - 1], 0, bottom[W - 1], 2)
             else:
                 for ow in range(full):
                     at = np.uint64(2 * ow)
-                    m, v = top[at], top[at + 1]
-                    t = _better(v, m)
-                    best[ow], where[ow] = (v, 1) if t else (m, 0)
+                    best[ow], where[ow] = _keep_best(top[at], 0, top[at + 1], 1)
                 if OW > full:
                     best[full], where[full] = top[W - 1], 0
 

@@ -246,6 +246,21 @@ def check_convolution_ops(kernels, to_device, dtype, g, cin, cout, square):
           reference.conv2d_weight_grad(gy, x, w.shape, *args), dtype)
 
 
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 9), st.integers(1, 40)),
+       top=st.integers(0, 3), left=st.integers(0, 3), extra=st.tuples(st.integers(0, 3), st.integers(0, 20)),
+       strided=st.booleans(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
+def test_the_tiles_zero_padded_copy_is_numpys_pad(shape, top, left, extra, strided, dtype, seed):
+    """_placed (the tiles' padded input, Winograd's whole blocks): x at (top, left) in a larger array of zeros,
+    every border width, a view of every other column as well as a contiguous array."""
+    from minifcn.kernels import numba_tiled
+    x = np.random.default_rng(seed).standard_normal(shape).astype(dtype) + 1  # no zeros to hide a miss
+    x = x[..., ::2] if strided else x
+    N, C, H, W = x.shape
+    out_shape = (N, C, H + top + extra[0], W + left + extra[1])
+    want = np.pad(x, ((0, 0), (0, 0), (top, extra[0]), (left, extra[1])))
+    np.testing.assert_array_equal(numba_tiled._placed(x, out_shape, top, left), want)
+
+
 @given(g=conv_geometry(max_size=20), dtype=st.sampled_from(DTYPES))
 def test_numba_phase_kernels_match_the_reshapes_of_subpixel(g, dtype):
     """to_phases / from_phases, one pass each, against subpixel's space_to_depth / depth_to_space (reshapes)."""

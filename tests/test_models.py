@@ -32,6 +32,58 @@ def test_any_input_size_gives_the_same_size_out(cls, mode, h, w):
     assert run(model, np.zeros((1, 3, h, w), np.float32)).shape == (1, 5, h, w)
 
 
+@pytest.mark.parametrize("cls", [FCN32s, FCN16s, FCN8s])
+@pytest.mark.parametrize("mode", ["pad100", "pad32"])
+@settings(max_examples=6, deadline=None)
+@given(h=st.integers(1, 70), w=st.integers(1, 70), seed=st.integers(0, 2**16))
+def test_the_last_upsampling_skips_only_what_the_crop_drops(cls, mode, h, w, seed):
+    """upsample_to pads the last transposed convolution instead of cropping its output: its scores and
+    every gradient equal the plain crop(up(scores)), on random weights (learned upsamplers) and sizes."""
+    rng = np.random.default_rng(seed)
+    model = cls(input_mode=mode, upsampling="learned", **TINY).eval()
+    for p in model.parameters():
+        p.data = (0.5 * rng.standard_normal(p.data.shape)).astype(np.float64)
+    x = rng.standard_normal((2, 3, h, w))
+    probe = rng.standard_normal((2, 5, h, w))
+    results = []
+    for fused in (True, False):
+        if not fused:  # the plain way: the whole upsampled map, then the crop
+            model.upsample_to = lambda up, scores, offset, size: F.crop(up(scores), *offset, *size)
+        for p in model.parameters():
+            p.grad = None
+        y = model(Tensor(x))
+        (y * Tensor(probe)).sum().backward()
+        results.append([y.data] + [p.grad for p in model.parameters()])
+    for fused, plain in zip(*results):
+        np.testing.assert_allclose(fused, plain, rtol=1e-10, atol=1e-10 * np.abs(plain).max())
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 6), k=st.integers(1, 8), s=st.integers(1, 4), p=st.integers(0, 2), data=st.data())
+def test_upsample_to_is_the_crop_of_the_upsampling_at_any_offset(n, k, s, p, data):
+    """Any window of a transposed convolution's output, near either border or in the middle, rows and
+    columns apart: upsample_to gives crop(up(scores)) and its gradients."""
+    from minifcn import nn
+    full = (n - 1) * s - 2 * p + k
+    if full < 1:
+        return
+    size = tuple(data.draw(st.integers(1, full)) for _ in range(2))
+    offset = tuple(data.draw(st.integers(0, full - m)) for m in size)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    up = nn.ConvTranspose2d(2, 3, k, s, p, rng=rng)
+    up.weight.data, up.bias.data = rng.standard_normal(up.weight.shape), rng.standard_normal(3)
+    scores, probe = rng.standard_normal((2, 2, n, n)), rng.standard_normal((2, 3, *size))
+    results = []
+    for way in (FCN8s.upsample_to, lambda _, up, x, o, size: F.crop(up(x), *o, *size)):
+        x = Tensor(scores, requires_grad=True)
+        up.weight.grad = up.bias.grad = None
+        y = way(None, up, x, offset, size)
+        (y * Tensor(probe)).sum().backward()
+        results.append([y.data, x.grad, up.weight.grad, up.bias.grad])
+    for fused, plain in zip(*results):
+        np.testing.assert_allclose(fused, plain, rtol=1e-10, atol=1e-10 * np.abs(plain).max())
+
+
 def test_bilinear_kernel_interpolates():
     """A 2x upsampler with the bilinear kernel reproduces a linear ramp away from the borders."""
     assert bilinear_kernel(4)[1].tolist() == pytest.approx([0.1875, 0.5625, 0.5625, 0.1875])

@@ -20,7 +20,7 @@ class FCN16s(FCN):
         score_fr, taps = self.body(x, taps=("pool4",))
         upscore2 = self.upscore2(score_fr)
         score_pool4 = self.crop_to(self.score_pool4(taps["pool4"]), self.offsets["score_pool4"], upscore2)
-        return self.output(self.upscore16(upscore2 + score_pool4), self.offsets["upscore16"], size)
+        return self.upsample_to(self.upscore16, upscore2 + score_pool4, self.offsets["upscore16"], size)
 
     @classmethod
     def from_fcn32s(cls, fcn32s):

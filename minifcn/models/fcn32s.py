@@ -12,4 +12,4 @@ class FCN32s(FCN):
     def forward(self, x):
         x, size = self.prepare(x)
         score_fr, _ = self.body(x)
-        return self.output(self.upscore(score_fr), self.offset, size)
+        return self.upsample_to(self.upscore, score_fr, self.offset, size)

@@ -27,7 +27,7 @@ class FCN8s(FCN):
         score_pool4 = self.crop_to(self.score_pool4(taps["pool4"]), self.offsets["score_pool4"], upscore2)
         upscore_pool4 = self.upscore_pool4(upscore2 + score_pool4)
         score_pool3 = self.crop_to(self.score_pool3(taps["pool3"]), self.offsets["score_pool3"], upscore_pool4)
-        return self.output(self.upscore8(upscore_pool4 + score_pool3), self.offsets["upscore8"], size)
+        return self.upsample_to(self.upscore8, upscore_pool4 + score_pool3, self.offsets["upscore8"], size)
 
     @classmethod
     def from_fcn16s(cls, fcn16s):

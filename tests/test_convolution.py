@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 from strategies import (conv_geometry, naive_conv2d, naive_conv_transpose2d, random_arrays, restoring_output_padding,
                         transpose_geometry)
 
@@ -78,3 +79,24 @@ def test_convolutions_keep_dtype(dtype):
     x = np.ones((1, 2, 6, 5), dtype=dtype)
     assert conv2d(x, np.ones((3, 2, 3, 3), dtype=dtype), padding=1).dtype == dtype
     assert conv_transpose2d(x, np.ones((2, 3, 4, 4), dtype=dtype), stride=2).dtype == dtype
+
+
+@given(st.data())
+def test_padding_past_the_kernels_reach_gives_zeros_there_and_the_same_gradients(data):
+    """FCN's pad 100: where the padding is wider than d(k - 1), the outer outputs read only zeros. The
+    forward against the loop reference, both gradients against the transposed convolution and the
+    windows' sum, at padding up to 12 (stride 1, where workspace computes only the inner block)."""
+    k, d, p = (tuple(data.draw(st.integers(lo, hi)) for _ in range(2)) for lo, hi in ((1, 4), (1, 2), (0, 12)))
+    H, W = (data.draw(st.integers(max(1, di * (ki - 1) + 1 - 2 * pi), 8)) for ki, di, pi in zip(k, d, p))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    x, w, b = rng.standard_normal((2, 3, H, W)), rng.standard_normal((2, 3, *k)), rng.standard_normal(2)
+    xt, wt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
+    y = conv2d(xt, wt, b, 1, p, d)
+    np.testing.assert_allclose(y.data, naive_conv2d(x, w, b, (1, 1), p, d), atol=1e-10)
+    probe = rng.standard_normal(y.shape)
+    (y * Tensor(probe)).sum().backward()
+    np.testing.assert_allclose(xt.grad, naive_conv_transpose2d(probe, w, (1, 1), p, (0, 0), d), atol=1e-10)
+    padded = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])))
+    extent = [di * (ki - 1) + 1 for ki, di in zip(k, d)]
+    windows = np.lib.stride_tricks.sliding_window_view(padded, extent, axis=(2, 3))[..., ::d[0], ::d[1]]
+    np.testing.assert_allclose(wt.grad, np.einsum("noyx,ncyxij->ocij", probe, windows), atol=1e-10)

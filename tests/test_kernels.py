@@ -246,12 +246,13 @@ def check_convolution_ops(kernels, to_device, dtype, g, cin, cout, square):
           reference.conv2d_weight_grad(gy, x, w.shape, *args), dtype)
 
 
-@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 9), st.integers(1, 40)),
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 9), st.integers(1, 40) | st.integers(150, 200)),
        top=st.integers(0, 3), left=st.integers(0, 3), extra=st.tuples(st.integers(0, 3), st.integers(0, 20)),
        strided=st.booleans(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
 def test_the_tiles_zero_padded_copy_is_numpys_pad(shape, top, left, extra, strided, dtype, seed):
     """_placed (the tiles' padded input, Winograd's whole blocks): x at (top, left) in a larger array of zeros,
-    every border width, a view of every other column as well as a contiguous array."""
+    every border width, a view of every other column as well as a contiguous array, rows shorter and longer
+    than LONG_ROW (element loops, slices)."""
     from minifcn.kernels import numba_tiled
     x = np.random.default_rng(seed).standard_normal(shape).astype(dtype) + 1  # no zeros to hide a miss
     x = x[..., ::2] if strided else x

@@ -87,6 +87,21 @@ def straight_line_vectorizer():
         numba.config.LOOP_VECTORIZE, numba.config.SLP_VECTORIZE = saved
 
 
+@njit(inline="always")
+def _store(acc, out, n, o0, y, x0, channels, pixels, first):
+    """out[n, o0 + o, y, x0 + p] = acc[first + o * pixels + p], the tile's outputs that exist. A whole tile is
+    written by loops of constant length, which LLVM unrolls into vector stores; a tile at the right edge or
+    past the last channel, element by element."""
+    if o0 + channels <= out.shape[1] and x0 + pixels <= out.shape[3]:
+        for o in range(channels):
+            for p in range(pixels):
+                out[n, o0 + o, y, x0 + p] = acc[first + o * pixels + p]
+    else:
+        for o in range(min(channels, out.shape[1] - o0)):
+            for p in range(min(pixels, out.shape[3] - x0)):
+                out[n, o0 + o, y, x0 + p] = acc[first + o * pixels + p]
+
+
 def _kernels(pixels, channels=TILE_CHANNELS):
     """The tile kernels for tiles ``pixels`` wide and ``channels`` tall, as closures over their constant sizes.
 
@@ -118,9 +133,7 @@ def _kernels(pixels, channels=TILE_CHANNELS):
                                 w = weights[o]
                                 for p in range(pixels):  # unsigned index: no negative-index wraparound code
                                     acc[o * pixels + p] += w * row[np.uint64(start + p)]
-                for o in range(min(channels, O - block * channels)):
-                    for p in range(min(pixels, OW - x0)):
-                        out[n, block * channels + o, y, x0 + p] = acc[o * pixels + p]
+                _store(acc, out, n, block * channels, y, x0, channels, pixels, 0)
 
     @njit(parallel=True, cache=True, fastmath=True)
     def forward_rows(xp, packed, dh, dw, out):
@@ -150,10 +163,9 @@ def _kernels(pixels, channels=TILE_CHANNELS):
                                 for p in range(pixels):
                                     acc[o * pixels + p] += w * upper[np.uint64(start + p)]
                                     acc[tile + o * pixels + p] += w * lower[np.uint64(start + p)]
-                for h in range(min(2, OH - y)):
-                    for o in range(min(channels, O - block * channels)):
-                        for p in range(min(pixels, OW - x0)):
-                            out[n, block * channels + o, y + h, x0 + p] = acc[h * tile + o * pixels + p]
+                _store(acc, out, n, block * channels, y, x0, channels, pixels, 0)
+                if y + 1 < OH:
+                    _store(acc, out, n, block * channels, y + 1, x0, channels, pixels, tile)
 
     # Fused multiply-adds and reordered sums, but not every fastmath flag: with all of them, this kernel
     # computed other bits when loaded from Numba's disk cache than when just compiled, so a run resumed in a

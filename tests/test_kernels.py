@@ -216,12 +216,14 @@ def test_winograd_is_tried_on_wide_undilated_3x3_layers_only():
 
 def test_forward_tiles_fit_the_register_file():
     """AVX2 (8 lanes, 16 ymm registers) tries only tiles of at most 12 accumulators, leaving registers for the
-    input vectors and the broadcast weight; AVX-512 the two 8-channel tiles measured there."""
+    input vectors and the broadcast weight; AVX-512 (32 zmm) tiles of at most 16."""
     from minifcn.kernels import numba_tiled
     narrow = numba_tiled.forward_tiles(8)
     assert "tiled2" not in narrow and {"tiled", "tiled6", "tiled4"} <= set(narrow)
     assert all(c * r * v <= 12 for c, r, v in (numba_tiled.FORWARD_TILES[name] for name in narrow))
-    assert numba_tiled.forward_tiles(16) == ["tiled", "tiled2"]
+    wide = numba_tiled.forward_tiles(16)
+    assert wide == ["tiled", "tiled2", "tiled16"]
+    assert all(c * r * v <= 16 for c, r, v in (numba_tiled.FORWARD_TILES[name] for name in wide))
 
 
 def shaped(g, cin, cout, square):

@@ -105,7 +105,8 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
 
 # The convolution, by route (each tested against the reference; benchmarks/speed.py prints the table):
 #   "tiled"    -- stride 1: the register-tiled loops (numba_tiled.py), for thin layers on long rows
-#   "tiled2"   -- the forward tiles two output rows tall (only where measured faster: not in the rule)
+#   "tiled2"   -- the forward tiles two output rows tall (only where measured faster: not in the rule);
+#                 "tiled16" 16 output channels wide, "tiled6" / "tiled4" over 2-3 vectors (FORWARD_TILES)
 #   "shifted"  -- stride 1: one BLAS product per kernel tap, no im2col copy (shifted_gemm.py), when the
 #                 input has more channels than the output
 #   "winograd" -- 3x3, stride 1, undilated, 128 channels in and out (64 on large maps): F(2x2, 3x3),
@@ -117,8 +118,8 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
 # flipped kernel ("flipped"), itself routed as a forward pass; strided, over the phases ("subpixel").
 # Which route runs is measured once per shape on this CPU (autotune.py); the by-shape rule below decides
 # where that is off, and ROUTE forces one route wherever it can run (tests, benchmarks).
-ROUTES = ("tiled", "tiled2", "tiled6", "tiled4", "side", "side2", "side6", "side4", "shifted", "winograd", "im2col",
-          "subpixel", "col2im", "flipped")  # "sideN": tile "tiledN" over images side by side (side_by_side)
+ROUTES = ("tiled", "tiled2", "tiled16", "tiled6", "tiled4", "side", "side2", "side16", "side6", "side4", "shifted",
+          "winograd", "im2col", "subpixel", "col2im", "flipped")  # "sideN": tiledN over images side by side
 ROUTE = None  # None: measured, or by shape; "tiled", "shifted", "winograd", "im2col": that route where it can run
 
 

@@ -40,13 +40,21 @@ def _zeros(dtype, *shape):
 
 
 def _tiles(kernels, dtype):
-    """The forward tiles worth trying on this CPU and the 3x3 weight-gradient tile (all pad with _place)."""
+    """The forward tile every stride-1 layer can take (this CPU's width, 8 channels, one row; the padded copy
+    with it) and the 3x3 weight-gradient tile."""
     numba_tiled = kernels.numba_tiled
     x, w = _zeros(dtype, 1, 1, 4, 4), _zeros(dtype, 1, 1, 3, 3)
-    for name in numba_tiled.forward_tiles():
+    numba_tiled.conv2d(x, w, (1, 1), (1, 1), 1)
+    numba_tiled.conv2d_weight_grad(x, x, w.shape, (1, 1), (1, 1))
+
+
+def _more_tiles(kernels, dtype):
+    """The other forward tiles worth trying on this CPU (two rows, 16 channels; AVX2's wider rows)."""
+    numba_tiled = kernels.numba_tiled
+    x, w = _zeros(dtype, 1, 1, 4, 4), _zeros(dtype, 1, 1, 3, 3)
+    for name in [n for n in numba_tiled.forward_tiles() if n != "tiled"]:
         channels, rows, vectors = numba_tiled.FORWARD_TILES[name]
         numba_tiled.conv2d(x, w, (1, 1), (1, 1), rows, channels=channels, vectors=vectors)
-    numba_tiled.conv2d_weight_grad(x, x, w.shape, (1, 1), (1, 1))
 
 
 def _side(kernels, dtype):
@@ -96,11 +104,12 @@ def _batch_norm(numba_cpu, dtype):
     numba_cpu.batch_norm_backward(y, xhat, v, v, True)
 
 
-# name: (what it runs, its cost in kernels of about a second to compile: measured on a 2-core Zen 4)
-TASKS = {"tiles": (_tiles, 5.0), "side": (_side, 0.5), "loss": (_loss, 1.5), "phases": (_phases, 2.0),
-         "pool": (_pool, 2.5), "im2col": (_im2col, 1.0), "col2im": (_col2im, 1.0), "relu": (_relu, 0.5),
-         "batch_norm": (_batch_norm, 4.0), "winograd": (_winograd, 6.0)}
-GROUPS = {"fcn": ("tiles", "side", "loss", "phases", "pool", "im2col", "col2im", "relu"),
+# name: (what it runs, its cost: seconds to compile it alone, on one thread of a 2-core Zen 4 (session 21; batch
+# norm and Winograd, session 14's estimate in kernels of about a second))
+TASKS = {"tiles": (_tiles, 3.6), "more_tiles": (_more_tiles, 2.7), "side": (_side, 1.8), "loss": (_loss, 2.1),
+         "phases": (_phases, 2.0), "pool": (_pool, 3.2), "im2col": (_im2col, 1.4), "col2im": (_col2im, 1.0),
+         "relu": (_relu, 0.7), "batch_norm": (_batch_norm, 4.0), "winograd": (_winograd, 6.0)}
+GROUPS = {"fcn": ("tiles", "more_tiles", "side", "loss", "phases", "pool", "im2col", "col2im", "relu"),
           "batch_norm": ("batch_norm",), "winograd": ("winograd",)}
 _state = {"seen": set(), "done": set(), "reports": []}
 

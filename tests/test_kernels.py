@@ -248,7 +248,8 @@ def check_convolution_ops(kernels, to_device, dtype, g, cin, cout, square):
           reference.conv2d_weight_grad(gy, x, w.shape, *args), dtype)
 
 
-@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 9), st.integers(1, 40) | st.integers(150, 200)),
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 9),
+                      st.integers(1, 40) | st.integers(150, 200)),
        top=st.integers(0, 3), left=st.integers(0, 3), extra=st.tuples(st.integers(0, 3), st.integers(0, 20)),
        strided=st.booleans(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
 def test_the_tiles_zero_padded_copy_is_numpys_pad(shape, top, left, extra, strided, dtype, seed):

@@ -195,9 +195,10 @@ class FCN(Backbone):
         for n, o, m, s, p, k, q in zip(scores.shape[2:], offset, size, up.stride, up.padding, up.kernel_size,
                                        up.output_padding):
             lo, hi = max(0, -(-(o + p - k + 1) // s)), min(n - 1, (o + m - 1 + p) // s)
-            if hi < lo or o + p - lo * s + m > (hi - lo) * s + k + q:  # k < s: the window lies in a gap
+            begin = o + p - lo * s  # where the window starts in the upsampling of rows lo ... hi
+            if hi < lo or begin < 0 or begin + m > (hi - lo) * s + k + q:  # k < s: the window meets a gap
                 return F.crop(up(scores), *offset, *size)
-            first.append(lo), count.append(hi - lo + 1), start.append(o + p - lo * s)
+            first.append(lo), count.append(hi - lo + 1), start.append(begin)
         needed = F.crop(scores, *first, *count) if tuple(count) != scores.shape[2:] else scores
         y = F.conv_transpose2d(needed, up.weight, up.bias, up.stride, 0, up.output_padding)
         return F.crop(y, *start, *size)

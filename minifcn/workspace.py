@@ -51,14 +51,16 @@ def padded(x, padding):
 
 def _zero_border(geo):
     """(the padding that computes the outputs whose windows touch the input, where those lie in the whole
-    output), or None where every output's window touches it. Stride 1 only: output row r reads padded rows
-    r ... r + d(k - 1), so past a padding of d(k - 1) the outer rows read only zeros."""
+    output, how many rows and columns they are), or None where every output's window touches it. Stride 1
+    only: output row r reads padded rows r ... r + d(k - 1), so past a padding of d(k - 1) the outer rows
+    read only zeros, as many at the bottom as at the top."""
     if geo.stride != (1, 1):
         return None
     inner = tuple(min(p, d * (k - 1)) for p, k, d in zip(geo.padding, geo.kernel, geo.dilation))
     if inner == geo.padding:
         return None
-    return inner, tuple(p - q for p, q in zip(geo.padding, inner))
+    offset = tuple(p - q for p, q in zip(geo.padding, inner))
+    return inner, offset, tuple(n - 2 * o for n, o in zip(geo.out, offset))
 
 
 def _inner(a, offset, shape):
@@ -71,10 +73,9 @@ def conv2d(x, w, stride=1, padding=0, dilation=1):
     geo = conv_geometry(x.shape, w.shape[2:], stride, padding, dilation)
     border = _zero_border(geo)
     if border:
-        inner, offset = border
-        block = conv2d(x, w, 1, inner, geo.dilation)
-        y = array_module(x).zeros(block.shape[:2] + geo.out, dtype=block.dtype)
-        _inner(y, offset, block.shape[2:])[...] = block
+        inner, offset, block = border
+        y = array_module(x).zeros((x.shape[0], w.shape[0]) + geo.out, dtype=np.result_type(x.dtype, w.dtype))
+        _inner(y, offset, block)[...] = conv2d(x, w, 1, inner, geo.dilation)
         return y
     plan = pieces(x.shape, geo, x.shape[1], x.itemsize)
     if whole("conv2d", plan, x.shape, w.shape, geo):
@@ -91,8 +92,7 @@ def conv2d_input_grad(g, w, input_shape, stride=1, padding=0, dilation=1):
     geo = conv_geometry(input_shape, w.shape[2:], stride, padding, dilation)
     border = _zero_border(geo)
     if border:
-        inner, offset = border
-        block = conv_geometry(input_shape, w.shape[2:], 1, inner, geo.dilation).out
+        inner, offset, block = border
         return conv2d_input_grad(_inner(g, offset, block), w, input_shape, 1, inner, geo.dilation)
     plan = pieces(input_shape, geo, input_shape[1], g.itemsize)
     if whole("conv2d_input_grad", plan, input_shape, w.shape, geo):
@@ -111,8 +111,7 @@ def conv2d_weight_grad(g, x, w_shape, stride=1, padding=0, dilation=1):
     geo = conv_geometry(x.shape, w_shape[2:], stride, padding, dilation)
     border = _zero_border(geo)
     if border:
-        inner, offset = border
-        block = conv_geometry(x.shape, w_shape[2:], 1, inner, geo.dilation).out
+        inner, offset, block = border
         return conv2d_weight_grad(_inner(g, offset, block), x, w_shape, 1, inner, geo.dilation)
     plan = pieces(x.shape, geo, x.shape[1], x.itemsize)
     if whole("conv2d_weight_grad", plan, x.shape, w_shape, geo):

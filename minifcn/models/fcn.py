@@ -198,7 +198,9 @@ class FCN(Backbone):
             begin = o + p - lo * s  # where the window starts in the upsampling of rows lo ... hi
             if hi < lo or begin < 0 or begin + m > (hi - lo) * s + k + q:  # k < s: the window meets a gap
                 return F.crop(up(scores), *offset, *size)
-            first.append(lo), count.append(hi - lo + 1), start.append(begin)
+            first.append(lo)
+            count.append(hi - lo + 1)
+            start.append(begin)
         needed = F.crop(scores, *first, *count) if tuple(count) != scores.shape[2:] else scores
         y = F.conv_transpose2d(needed, up.weight, up.bias, up.stride, 0, up.output_padding)
         return F.crop(y, *start, *size)

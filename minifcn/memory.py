@@ -8,11 +8,16 @@ touch of each 4 KiB page, in whichever thread touches it first. Measured on a 2-
 step: the Tiny ImageNet classifier (batch 64) 3,700 faults and 18 ms of kernel time, the small FCN-8s
 (pad 100) 10,900 faults and 74-97 ms. PyTorch keeps freed blocks in a caching allocator of its own.
 
-minifcn asks glibc for the same at import (``mallopt``): blocks under 64 MiB come from the heap, and up
-to 256 MiB of free heap is kept for the next step instead of going back to the kernel. Both faults
-counts fall below 130 per step. That is process-wide: the rest of the program allocates the same way.
-Peak memory barely moves (the same within 6 MB in benchmarks/speed.py's steps; 442 -> 461 MB in one other
-script's small FCN-8s); what the process holds between steps can stay up to 256 MiB higher.
+minifcn asks glibc for the same at import (``mallopt``): blocks under 1 GiB come from the heap, and up
+to 1 GiB of free heap is kept for the next step instead of going back to the kernel. Both fault counts
+above fall below 130 per step. That is process-wide: the rest of the program allocates the same way.
+
+Why 1 GiB and not less: a step's largest arrays grow with the photos. FCN-32s on SIFT Flow's 256 x 256
+photos (batch 8, scale augmentation) makes 69 MB score maps and up to 128 MiB of im2col columns, and
+with the first thresholds chosen here (64 MiB, 256 MiB) its steps still spent 21 % of their CPU time in
+the kernel (8,500 faults a step, 2 MB huge pages zeroed); with 1 GiB, under 2 %. The price is the
+heap's fragmentation when sizes change from step to step: that run's peak went from 1,046 to 1,281 MB
+over 40 steps. With the same sizes every step, as in benchmarks/speed.py, peak memory barely moves.
 
 Left as it is where the user has tuned malloc (``MALLOC_*_`` variables or ``GLIBC_TUNABLES`` with
 ``glibc.malloc``), where ``MINIFCN_KEEP_MEMORY=0``, and on C libraries other than glibc.
@@ -20,8 +25,8 @@ Left as it is where the user has tuned malloc (``MALLOC_*_`` variables or ``GLIB
 
 import os
 
-MMAP_THRESHOLD = 64 << 20  # blocks at least this big still come straight from the kernel
-TRIM_THRESHOLD = 256 << 20  # free heap kept before glibc gives the top back
+MMAP_THRESHOLD = 1 << 30  # blocks at least this big still come straight from the kernel
+TRIM_THRESHOLD = 1 << 30  # free heap kept before glibc gives the top back
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (glibc's malloc.h)
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
                  "MALLOC_ARENA_MAX")
@@ -53,7 +58,7 @@ def keep_freed_memory(environ=os.environ):
         mallopt = ctypes.CDLL(None).mallopt
         # Some glibc versions refuse an mmap threshold over 32 MiB (their DEFAULT_MMAP_THRESHOLD_MAX): then 32.
         if not (mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-                and any(mallopt(_M_MMAP_THRESHOLD, size) for size in (MMAP_THRESHOLD, 32 << 20))):
+                and any(mallopt(_M_MMAP_THRESHOLD, size) for size in (MMAP_THRESHOLD, 64 << 20, 32 << 20))):
             reason = "glibc refused mallopt"
     global STATE
     STATE = reason

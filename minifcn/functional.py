@@ -288,6 +288,15 @@ class SoftmaxCrossEntropy(Function):
         return backend.ops().softmax_xent_backward(z, t, weight, ignore_index, scale).reshape(self.shape), None
 
 
+def argmax_classes(scores):
+    """Each pixel's class from (N, K, H, W) scores: argmax over K (the first of equal scores), as a host array
+    (N, H, W). A kernel of the backend's: NumPy's argmax over the middle axis reads memory across the grain
+    (100 ms a training step at 256 x 256, batch 8, 33 classes)."""
+    z = scores.data if isinstance(scores, Tensor) else scores
+    N, K = z.shape[:2]
+    return to_host(backend.ops().argmax_classes(z.reshape(N, K, -1))).reshape((N,) + z.shape[2:])
+
+
 def pixel_weight(target, weight=None, ignore_index=255):
     """The labelled pixels of ``target``, each counted with its class weight: what reduction="mean" divides by."""
     t = to_host(target)

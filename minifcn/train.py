@@ -86,7 +86,7 @@ def predictions(model, dataset, batch_size=4, progress=False, world=None):
             for x, y in tqdm((b for chunk in mine for b in batches(dataset, batch_size, chunk,
                                                                   preprocess=model.preprocess)),
                              total=len(mine), desc="eval", disable=not progress or world.rank != 0, leave=False):
-                yield model(Tensor(x)).numpy().argmax(axis=1), y
+                yield F.argmax_classes(model(Tensor(x))), y
     finally:
         model.train()
 
@@ -350,7 +350,7 @@ def _train(config, train_set, val_set, resume, max_steps, progress, log, overwri
                 (loss * (1.0 / config.accum_steps)).backward()
                 loss_total += loss.item() / config.accum_steps
                 valid = y != 255
-                correct += int((scores.numpy().argmax(axis=1) == y)[valid].sum())
+                correct += int((F.argmax_classes(scores) == y)[valid].sum())
                 counted += int(valid.sum())
             if world.size > 1:  # the step's communication: gradients, loss and counts summed over the ranks
                 loss_total, correct, counted = distributed.sum_gradients(world, model.parameters(),
@@ -386,8 +386,8 @@ def predict(model, image):
     """Class indices (H, W) for one uint8 HxWx3 image, as uint8 (255 is void, so at most 255 classes)."""
     model.eval()
     with no_grad():
-        scores = model(Tensor(normalize(image, model.preprocess)[None])).numpy()
+        scores = model(Tensor(normalize(image, model.preprocess)[None]))
     if scores.shape[1] > 255:
         raise ValueError(f"the model scores {scores.shape[1]} classes; label maps hold at most 255 (0-254, with "
                          f"255 for void)")
-    return scores.argmax(axis=1)[0].astype(np.uint8)
+    return F.argmax_classes(scores)[0].astype(np.uint8)

@@ -405,6 +405,22 @@ def test_softmax_cross_entropy_matches_reference(module, to_device, dtype, N, K,
 
 @pytest.mark.parametrize("module, to_device", KERNELS)
 @pytest.mark.parametrize("dtype", DTYPES)
+@given(N=st.integers(1, 3), K=st.integers(1, 9), P=st.integers(1, 20) | st.sampled_from([512, 513, 1100]),
+       seed=st.integers(0, 2**16), nans=st.sampled_from([0.0, 0.05, 0.5]))
+def test_argmax_classes_is_numpys_argmax(module, to_device, dtype, N, K, P, seed, nans):
+    """Scores drawn from a few integers, so that ties are common (the first wins), and NaNs in some draws
+    (the first NaN wins, as in NumPy); pixel counts across the Numba kernel's blocks."""
+    argmax_classes = getattr(module(), "argmax_classes", reference.argmax_classes)  # as the backend falls back
+    rng = np.random.default_rng(seed)
+    z = rng.integers(-2, 3, (N, K, P)).astype(dtype)
+    z[rng.random(z.shape) < nans] = np.nan
+    got = _host(argmax_classes(to_device(z)))
+    np.testing.assert_array_equal(got, z.argmax(axis=1))
+    assert got.shape == (N, P)
+
+
+@pytest.mark.parametrize("module, to_device", KERNELS)
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("training", [True, False])
 @given(shape=st.tuples(st.integers(1, 4), st.integers(1, 6), st.integers(1, 7), st.integers(1, 27)),
        seed=st.integers(0, 2 ** 16), offset=st.sampled_from([0.0, 5.0, -300.0]))

@@ -64,3 +64,19 @@ def test_keeps_dtype(dtype):
 def test_takes_classifier_logits():
     z = np.log(np.array([[0.2, 0.8], [0.5, 0.5]]))
     assert np.isclose(softmax_cross_entropy(z, np.array([1, 0])).item(), -(np.log(0.8) + np.log(0.5)) / 2)
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_argmax_classes_gives_each_pixels_class_as_a_host_array(backend_name):
+    import minifcn
+    from minifcn.functional import argmax_classes
+    z = np.random.default_rng(0).standard_normal((2, 5, 3, 700)).astype(np.float32)
+    before = minifcn.get_backend()
+    minifcn.set_backend(backend_name)
+    try:
+        for scores in (Tensor(z), z):
+            got = argmax_classes(scores)
+            assert isinstance(got, np.ndarray) and got.shape == (2, 3, 700)
+            np.testing.assert_array_equal(got, z.argmax(axis=1))
+    finally:
+        minifcn.set_backend(before)

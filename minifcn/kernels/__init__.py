@@ -27,14 +27,15 @@ The ops (all arrays, no Tensors; stride, padding and dilation are ints or pairs)
     batch_norm_backward(g, xhat, gamma, invstd, training) -> (dx, dgamma, dbeta)
     softmax_xent(z, t, weight, ignore_index) -> (sum of weighted losses, sum of weights)
     softmax_xent_backward(z, t, weight, ignore_index, scale) -> scale * w[t] (softmax(z) - onehot(t))
+    argmax_classes(z) -> (N, P) each pixel's class, argmax over k (NumPy's rule for ties and NaN)
     matmul(a, b) -> a @ b for 2-D or 3-D operands (the fully connected layers, autograd's MatMul)
 
-Loss ops take z of shape (N, K, P) and t of shape (N, P) (int64). The three
+Loss ops and argmax_classes take z of shape (N, K, P) and t of shape (N, P) (int64). The three
 convolution ops may hold a large workspace (im2col columns);
 ``minifcn.workspace`` calls those that do (``unfolds``) on pieces that fit the workspace limit.
 A backend decides inside its own conv ops how to compute them.
 """
 
 OPS = ("conv2d", "conv2d_input_grad", "conv2d_weight_grad", "unfolds", "im2col", "col2im", "max_pool",
-       "max_pool_backward", "relu", "relu_backward", "softmax_xent", "softmax_xent_backward", "batch_norm_stats",
-       "batch_norm_forward", "batch_norm_backward", "matmul")
+       "max_pool_backward", "relu", "relu_backward", "softmax_xent", "softmax_xent_backward", "argmax_classes",
+       "batch_norm_stats", "batch_norm_forward", "batch_norm_backward", "matmul")

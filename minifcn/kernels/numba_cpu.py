@@ -671,12 +671,16 @@ def _softmax_xent(z, t, weight, ignore_index, scale, loss, wsum, dz, m, total, c
         for k in range(1, K):
             for p in range(L):
                 mx[p] = max(mx[p], z[n, k, np.uint64(p0 + p)])
-        for k in range(K):  # total = sum_k exp(z - max); the backward keeps each exponential in dz
-            for p in range(L):
-                v = _exp(z[n, k, np.uint64(p0 + p)] - mx[p])
-                tot[p] += v
-                if backward:
+        if backward:  # total = sum_k exp(z - max); the backward keeps each exponential in dz
+            for k in range(K):
+                for p in range(L):
+                    v = _exp(z[n, k, np.uint64(p0 + p)] - mx[p])
+                    tot[p] += v
                     dz[n, k, np.uint64(p0 + p)] = v
+        else:  # two loops, not one with the store under an `if`: that store kept the forward's from vectorising
+            for k in range(K):
+                for p in range(L):
+                    tot[p] += _exp(z[n, k, np.uint64(p0 + p)] - mx[p])
         for p in range(L):
             label = t[n, p0 + p]
             cf[p] = 0.0 if label == ignore_index else weight[label]
@@ -691,6 +695,36 @@ def _softmax_xent(z, t, weight, ignore_index, scale, loss, wsum, dz, m, total, c
                     hit = 1.0 if t[n, at] == k else 0.0
                     v = scale * cf[p] * (dz[n, k, at] / tot[p] - hit)
                     dz[n, k, at] = 0.0 if t[n, at] == ignore_index else v
+
+
+@njit(parallel=True, cache=True)
+def _argmax_classes(z, out, best, index):
+    """out[n, p] = argmax_k z[n, k, p] by NumPy's rule (``_better``: the first of equals, the first NaN above
+    all). In blocks of pixels, as the loss: NumPy's argmax over the middle axis walks z across the grain."""
+    N, K, P = z.shape
+    blocks = (P + PIXEL_BLOCK - 1) // PIXEL_BLOCK
+    for task in prange(N * blocks):
+        n, p0 = task // blocks, (task % blocks) * PIXEL_BLOCK
+        L = min(PIXEL_BLOCK, P - p0)
+        b, i = best[task], index[task]
+        for p in range(L):
+            b[p], i[p] = z[n, 0, np.uint64(p0 + p)], 0
+        for k in range(1, K):
+            for p in range(L):  # selects, not branches, so that the loop vectorises
+                v = z[n, k, np.uint64(p0 + p)]
+                take = _better(v, b[p])
+                b[p] = v if take else b[p]
+                i[p] = k if take else i[p]
+        for p in range(L):
+            out[n, p0 + p] = i[p]
+
+
+def argmax_classes(z):
+    N, K, P = z.shape
+    out, rows = np.empty((N, P), np.int64), N * -(-P // PIXEL_BLOCK)
+    _argmax_classes(np.ascontiguousarray(z), out, np.empty((rows, PIXEL_BLOCK), z.dtype),
+                    np.empty((rows, PIXEL_BLOCK), np.int64))
+    return out
 
 
 def _loss_scratch(z):

@@ -95,6 +95,7 @@ def _loss(numba_cpu, dtype):
     z, t, weight = _zeros(dtype, 1, 2, 3), np.zeros((1, 3), np.int64), np.ones(2)
     numba_cpu.softmax_xent(z, t, weight, 255)
     numba_cpu.softmax_xent_backward(z, t, weight, 255, 1.0)
+    numba_cpu.argmax_classes(z)
 
 
 def _batch_norm(numba_cpu, dtype):

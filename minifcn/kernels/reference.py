@@ -151,6 +151,11 @@ def _pixel_weights(t, weight, ignore_index):
     return weight[safe] * valid, safe
 
 
+def argmax_classes(z):
+    """Each pixel's class, argmax_k z[n, k, p]: the first k where there are ties, a NaN counting as the largest."""
+    return z.argmax(axis=1)
+
+
 def softmax_xent(z, t, weight, ignore_index):
     """sum_pixels -w[t] log softmax(z)[t], and sum_pixels w[t]."""
     w, safe = _pixel_weights(t, weight, ignore_index)

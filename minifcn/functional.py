@@ -117,6 +117,20 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, dilati
                                  output_padding=output_padding, dilation=dilation)
 
 
+def conv_transpose2d_per_channel(x, kernel, stride=1, padding=0, output_padding=0):
+    """conv_transpose2d(x, w) for w[c, c] = kernel and w[c, d] = 0 (c != d): each channel upsampled by itself
+    with one (kh, kw) kernel, as FCN's fixed bilinear upsampling does class by class.
+
+    The C channels become C images of one channel, so the work is 1/C of the full transposed
+    convolution's, which spends the rest multiplying by zeros (33 classes: 33 times the multiply-adds).
+    The kernel is a constant: no gradient reaches it.
+    """
+    N, C, H, W = x.shape
+    w = as_array(kernel)
+    y = conv_transpose2d(x.reshape(N * C, 1, H, W), w.reshape((1, 1) + w.shape), None, stride, padding, output_padding)
+    return y.reshape(N, C, *y.shape[2:])
+
+
 def pool_output_size(size, kernel, stride, padding=0, ceil_mode=False):
     """Pooling output size; ceil mode as in Caffe and PyTorch.
 

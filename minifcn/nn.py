@@ -148,7 +148,30 @@ class ConvTranspose2d(Module):
         self.output_padding, self.kernel_size, self.dilation = F.pair(output_padding), (kh, kw), (1, 1)
 
     def forward(self, x):
-        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding)
+        return self.transpose(x, self.padding)
+
+    def transpose(self, x, padding):
+        """The layer's transposed convolution at ``padding`` (FCN.upsample_to crops instead of padding)."""
+        kernel = self.shared_kernel()
+        if kernel is None:
+            return F.conv_transpose2d(x, self.weight, self.bias, self.stride, padding, self.output_padding)
+        y = F.conv_transpose2d_per_channel(x, kernel, self.stride, padding, self.output_padding)
+        return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
+
+    def shared_kernel(self):
+        """The (kh, kw) kernel when the weight is frozen and upsamples each channel by itself with that one
+        kernel (w[c, c] = kernel, w[c, d] = 0: FCN's fixed bilinear upsampling), else None. Checked on every
+        call, since a frozen weight's values can still be replaced (a checkpoint loaded into the model)."""
+        w = self.weight.data
+        if self.weight.requires_grad or w.shape[0] != w.shape[1] or w.shape[0] < 2:
+            return None
+        xp = array_module(w)
+        channels = xp.arange(w.shape[0])
+        kernel = w[0, 0]
+        same = bool((w[channels, channels] == kernel).all())  # then the nonzeros off the diagonal are the excess
+        if same and int(xp.count_nonzero(w)) == w.shape[0] * int(xp.count_nonzero(kernel)):
+            return kernel
+        return None
 
     def __repr__(self):
         cin, cout = self.weight.shape[:2]

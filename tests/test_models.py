@@ -83,6 +83,57 @@ def test_upsample_to_is_the_crop_of_the_upsampling_at_any_offset(n, k, s, p, dat
         np.testing.assert_allclose(fused, plain, rtol=1e-10, atol=1e-10 * np.abs(plain).max())
 
 
+@settings(max_examples=60, deadline=None)
+@given(C=st.integers(2, 5), k=st.integers(1, 8), s=st.integers(1, 4), p=st.integers(0, 2), n=st.integers(1, 5),
+       bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_a_frozen_class_by_class_upsampler_equals_the_full_transposed_convolution(C, k, s, p, n, bias, seed):
+    """A frozen weight with one kernel on the diagonal and zeros elsewhere runs channel by channel
+    (ConvTranspose2d.shared_kernel): the same output and input gradient as the full product; any other
+    weight, or a learning one, takes the full way."""
+    from minifcn import nn
+    assume((n - 1) * s - 2 * p + k >= 1)
+    rng = np.random.default_rng(seed)
+    up = nn.ConvTranspose2d(C, C, k, s, p, bias=bias, rng=rng)
+    kernel = rng.standard_normal((k, k))
+    weight = np.zeros((C, C, k, k))
+    weight[np.arange(C), np.arange(C)] = kernel
+    up.weight.data, up.weight.requires_grad = weight, False
+    if bias:
+        up.bias.data = rng.standard_normal(C)
+    assert np.array_equal(up.shared_kernel(), kernel)
+    x, probe = rng.standard_normal((2, C, n, n)), None
+    results = []
+    for way in (up, lambda t: conv_transpose2d(t, weight, up.bias, s, p)):
+        t = Tensor(x, requires_grad=True)
+        y = way(t)
+        probe = rng.standard_normal(y.shape) if probe is None else probe
+        (y * Tensor(probe)).sum().backward()
+        results.append((y.data, t.grad))
+    for fast, full in zip(*results):
+        np.testing.assert_allclose(fast, full, rtol=1e-10, atol=1e-10 * np.abs(full).max())
+    other = weight.copy()
+    other[0, 1, 0, 0] = 1.0  # one weight off the diagonal
+    changed = weight.copy()
+    changed[1, 1, 0, 0] += 1.0  # one diagonal kernel not like the others
+    for w in (other, changed):
+        up.weight.data = w
+        assert up.shared_kernel() is None
+    up.weight.data, up.weight.requires_grad = weight, True
+    assert up.shared_kernel() is None
+
+
+@pytest.mark.parametrize("cls", [FCN32s, FCN16s, FCN8s])
+def test_only_the_frozen_upsamplers_run_class_by_class(cls):
+    from minifcn import nn
+    paper, fixed = cls(**TINY), cls(upsampling="fixed", **TINY)
+    ups = [name.rstrip(".") for name, m in paper.named_modules() if isinstance(m, nn.ConvTranspose2d)]
+    final = max(ups, key=lambda name: getattr(paper, name).stride[0])
+    assert len(ups) == {FCN32s: 1, FCN16s: 2, FCN8s: 3}[cls]
+    for name in ups:
+        assert (getattr(paper, name).shared_kernel() is not None) == (name == final)
+        assert getattr(fixed, name).shared_kernel() is not None
+
+
 def test_bilinear_kernel_interpolates():
     """A 2x upsampler with the bilinear kernel reproduces a linear ramp away from the borders."""
     assert bilinear_kernel(4)[1].tolist() == pytest.approx([0.1875, 0.5625, 0.5625, 0.1875])

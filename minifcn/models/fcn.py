@@ -202,5 +202,5 @@ class FCN(Backbone):
             count.append(hi - lo + 1)
             start.append(begin)
         needed = F.crop(scores, *first, *count) if tuple(count) != scores.shape[2:] else scores
-        y = F.conv_transpose2d(needed, up.weight, up.bias, up.stride, 0, up.output_padding)
+        y = up.transpose(needed, padding=0)
         return F.crop(y, *start, *size)

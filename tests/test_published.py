@@ -14,7 +14,8 @@ RESULTS = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results")
 SIFTFLOW = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "siftflow")
 RUNS = [("siftflow.json", "siftflow_test_predictions.npz", ("results",)),  # the published run
         ("siftflow-imagenet.json", "siftflow-imagenet_test_predictions.npz", ("results",)),  # from Tiny ImageNet
-        ("siftflow-imagenet-sqrt.json", "siftflow-imagenet-sqrt_test_predictions.npz", ("losses", "sqrt"))]
+        ("siftflow-imagenet-sqrt.json", "siftflow-imagenet-sqrt_test_predictions.npz", ("losses", "sqrt")),
+        ("siftflow-imagenet-14ep.json", "siftflow-imagenet-14ep_test_predictions.npz", ("results",))]  # session 22
 
 
 @pytest.mark.skipif(not os.path.isdir(SIFTFLOW), reason="the SIFT Flow test labels are not at ../shared/data/siftflow")

@@ -95,7 +95,10 @@ def _loss(numba_cpu, dtype):
     z, t, weight = _zeros(dtype, 1, 2, 3), np.zeros((1, 3), np.int64), np.ones(2)
     numba_cpu.softmax_xent(z, t, weight, 255)
     numba_cpu.softmax_xent_backward(z, t, weight, 255, 1.0)
-    numba_cpu.argmax_classes(z)
+
+
+def _argmax(numba_cpu, dtype):
+    numba_cpu.argmax_classes(_zeros(dtype, 1, 2, 3))
 
 
 def _batch_norm(numba_cpu, dtype):
@@ -105,12 +108,12 @@ def _batch_norm(numba_cpu, dtype):
     numba_cpu.batch_norm_backward(y, xhat, v, v, True)
 
 
-# name: (what it runs, its cost: seconds to compile it alone, on one thread of a 2-core Zen 4 (session 21; batch
-# norm and Winograd, session 14's estimate in kernels of about a second))
-TASKS = {"tiles": (_tiles, 3.6), "more_tiles": (_more_tiles, 2.7), "side": (_side, 1.8), "loss": (_loss, 2.1),
-         "phases": (_phases, 2.0), "pool": (_pool, 3.2), "im2col": (_im2col, 1.4), "col2im": (_col2im, 1.0),
+# name: (what it runs, its cost: seconds to compile it alone, on one thread of a 2-core Zen 4 (session 21; loss
+# and argmax session 22; batch norm and Winograd, session 14's estimate in kernels of about a second))
+TASKS = {"tiles": (_tiles, 3.6), "more_tiles": (_more_tiles, 2.7), "side": (_side, 1.8), "loss": (_loss, 2.6),
+         "argmax": (_argmax, 1.4), "phases": (_phases, 2.0), "pool": (_pool, 3.2), "im2col": (_im2col, 1.4), "col2im": (_col2im, 1.0),
          "relu": (_relu, 0.7), "batch_norm": (_batch_norm, 4.0), "winograd": (_winograd, 6.0)}
-GROUPS = {"fcn": ("tiles", "more_tiles", "side", "loss", "phases", "pool", "im2col", "col2im", "relu"),
+GROUPS = {"fcn": ("tiles", "more_tiles", "side", "loss", "argmax", "phases", "pool", "im2col", "col2im", "relu"),
           "batch_norm": ("batch_norm",), "winograd": ("winograd",)}
 _state = {"seen": set(), "done": set(), "reports": []}
 

@@ -34,8 +34,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 def _faults(first, mib=8, count=8, **env):
     clean = {k: v for k, v in os.environ.items() if k not in memory.USER_SETTINGS and k != "MINIFCN_KEEP_MEMORY"}
-    out = subprocess.run([sys.executable, "-c", ROUNDS, first, str(mib), str(count)], env={**clean, **env}, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", ROUNDS, first, str(mib), str(count)], env={**clean, **env},
+                         capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 
 

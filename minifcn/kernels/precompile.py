@@ -111,8 +111,8 @@ def _batch_norm(numba_cpu, dtype):
 # name: (what it runs, its cost: seconds to compile it alone, on one thread of a 2-core Zen 4 (session 21; loss
 # and argmax session 22; batch norm and Winograd, session 14's estimate in kernels of about a second))
 TASKS = {"tiles": (_tiles, 3.6), "more_tiles": (_more_tiles, 2.7), "side": (_side, 1.8), "loss": (_loss, 2.6),
-         "argmax": (_argmax, 1.4), "phases": (_phases, 2.0), "pool": (_pool, 3.2), "im2col": (_im2col, 1.4), "col2im": (_col2im, 1.0),
-         "relu": (_relu, 0.7), "batch_norm": (_batch_norm, 4.0), "winograd": (_winograd, 6.0)}
+         "argmax": (_argmax, 1.4), "phases": (_phases, 2.0), "pool": (_pool, 3.2), "im2col": (_im2col, 1.4),
+         "col2im": (_col2im, 1.0), "relu": (_relu, 0.7), "batch_norm": (_batch_norm, 4.0), "winograd": (_winograd, 6.0)}
 GROUPS = {"fcn": ("tiles", "more_tiles", "side", "loss", "argmax", "phases", "pool", "im2col", "col2im", "relu"),
           "batch_norm": ("batch_norm",), "winograd": ("winograd",)}
 _state = {"seen": set(), "done": set(), "reports": []}

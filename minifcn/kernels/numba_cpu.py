@@ -719,18 +719,22 @@ def _argmax_classes(z, out, best, index):
             out[n, p0 + p] = i[p]
 
 
+def _block_scratch(z, *dtypes):
+    """One row of PIXEL_BLOCK values per (image, block of pixels) of z (N, K, P), an array per dtype: the
+    per-task scratch of the pixel-block kernels (the loss, argmax_classes)."""
+    N, _, P = z.shape
+    return tuple(np.empty((N * -(-P // PIXEL_BLOCK), PIXEL_BLOCK), dtype) for dtype in dtypes)
+
+
 def argmax_classes(z):
     N, K, P = z.shape
-    out, rows = np.empty((N, P), np.int64), N * -(-P // PIXEL_BLOCK)
-    _argmax_classes(np.ascontiguousarray(z), out, np.empty((rows, PIXEL_BLOCK), z.dtype),
-                    np.empty((rows, PIXEL_BLOCK), np.int64))
+    out = np.empty((N, P), np.int64)
+    _argmax_classes(np.ascontiguousarray(z), out, *_block_scratch(z, z.dtype, np.int64))
     return out
 
 
 def _loss_scratch(z):
-    N, _, P = z.shape
-    rows = N * -(-P // PIXEL_BLOCK)
-    return np.empty((rows, PIXEL_BLOCK), z.dtype), np.empty((rows, PIXEL_BLOCK)), np.empty((rows, PIXEL_BLOCK))
+    return _block_scratch(z, z.dtype, np.float64, np.float64)
 
 
 def softmax_xent(z, t, weight, ignore_index):

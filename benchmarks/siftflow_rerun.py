@@ -8,9 +8,9 @@ and control must be done), with one thing changed:
   rerun noise of the question "does FCN-8s beat an FCN-32s trained on for as long?". The gap counts as
   real when both seeds show it and it exceeds how far the seeds move either row. Folders ``NAME-seedS``,
   record ``results/siftflow-imagenet-rerun.json`` (``seeds``).
-- ``--class-weights sqrt`` (or ``balanced``): a loss that weights each class by the inverse square root of
-  its pixel share (or the inverse share; ``minifcn.train.class_weights``), so that windows and poles count
-  for more than sky. Folders ``NAME-sqrt``, record ``results/siftflow-imagenet-sqrt.json`` (``losses``),
+- ``--class-weights sqrt`` (or ``fourth-root``, ``balanced``): a loss that weights each class by the inverse
+  square root of its pixel share (or its fourth root, or the inverse share; ``minifcn.train.class_weights``),
+  so that windows and poles count for more than sky. Folders ``NAME-sqrt``, record ``results/siftflow-imagenet-sqrt.json`` (``losses``),
   its FCN-8s's prediction of every test photo (``_test_predictions.npz``) and a figure of both FCN-8s
   (``siftflow-imagenet-sqrt.png``).
 - both: the loss run's rerun noise. Its branches again under another seed (``NAME-sqrt-seedS``), compared
@@ -28,6 +28,7 @@ import os
 import sys
 
 from minifcn import atomic, zoo
+from minifcn.config import CLASS_WEIGHT_POWER
 from minifcn.data import SIFTFLOW_CLASSES, SIFTFlow
 from minifcn.experiment import Stage, run_stages, stage_predictions
 from minifcn.viz import prediction_grid
@@ -66,7 +67,8 @@ def main(argv=None):
     shipped = zoo.available()
     p = table.parser(shipped, __doc__)
     p.add_argument("--rerun-seed", type=int, help="the seed of the rerun (the table's is --seed)")
-    p.add_argument("--class-weights", choices=("sqrt", "balanced"), help="the loss of the rerun (the table's: equal)")
+    p.add_argument("--class-weights", choices=tuple(CLASS_WEIGHT_POWER),
+                   help="the loss of the rerun (the table's: equal)")
     args = p.parse_args(argv)
     if args.rerun_seed is None and args.class_weights is None:
         p.error("say what changes: --rerun-seed, --class-weights, or both")

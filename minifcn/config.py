@@ -7,6 +7,10 @@ from . import models
 from .data.transforms import PREPROCESS
 from .models.shapes import check_size
 
+# The class-weighted losses by name: a class of pixel share f weighs about f ** -power (train.class_weights).
+# "balanced" is Farabet's (each class the same total weight); the roots go part of the way on the log scale.
+CLASS_WEIGHT_POWER = {"balanced": 1.0, "sqrt": 0.5, "fourth-root": 0.25}
+
 MAX_CLASSES = 255  # label maps are uint8 and 255 marks void: classes 0 ... 254
 MAX_SIDE = 4096  # pixels: the largest --image-size or --crop a setting may ask for
 MAX_BATCH = 4096  # images (or crops) in one step
@@ -39,7 +43,7 @@ class TrainConfig:
     lr_policy: str = "poly"  # or "fixed"
     warmup_steps: int = 0  # the rate ramps up linearly over these first steps (keeps from-scratch ReLUs alive)
     loss_reduction: str = "mean"  # "mean" over valid pixels, or "sum" (the paper's unnormalised loss)
-    class_weights: str = None  # "balanced": each class's loss weighted by 1 / its pixel share; "sqrt": 1 / its root
+    class_weights: str = None  # a key of CLASS_WEIGHT_POWER: each class's loss weighted by its pixel share ** -power
     crop: int = None
     scale: tuple = (0.75, 1.25)
     train_split: str = "train"
@@ -86,7 +90,7 @@ class TrainConfig:
         choices = {"dataset": ("voc", "siftflow"), "model": tuple(models.MODELS), "optimizer": ("sgd", "adam"),
                    "lr_policy": ("poly", "fixed"), "loss_reduction": ("mean", "sum"),
                    "input_mode": models.fcn.INPUT_MODES, "upsampling": models.fcn.UPSAMPLING,
-                   "preprocess": PREPROCESS, "class_weights": (None, "balanced", "sqrt")}
+                   "preprocess": PREPROCESS, "class_weights": (None, *CLASS_WEIGHT_POWER)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 bad(name, f"one of {', '.join(map(str, allowed))}")

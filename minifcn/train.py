@@ -19,7 +19,7 @@ from . import atomic, distributed, interrupts, models, nn, runlock
 from . import functional as F
 from .checkpoint import (CheckpointError, init_path, initialize, load_checkpoint, read_checkpoint,  # noqa: F401 (re-exported)
                          save_checkpoint)
-from .config import TrainConfig  # noqa: F401 (re-exported: minifcn.train.TrainConfig)
+from .config import CLASS_WEIGHT_POWER, TrainConfig  # noqa: F401 (re-exported: minifcn.train.TrainConfig)
 from .autograd import Tensor, no_grad
 from .data import SIFTFlow, VOCSegmentation, augment, batches, normalize, verify
 from .metrics import ConfusionMatrix
@@ -126,9 +126,6 @@ def class_weights(dataset, num_classes, power=1.0):
     weights = np.ones(num_classes, np.float32)
     weights[present] = np.minimum(share ** -power / np.sum(share ** (1 - power)), BALANCED_CEILING)
     return weights
-
-
-CLASS_WEIGHT_POWER = {"balanced": 1.0, "sqrt": 0.5}
 
 
 def _make_out(config):

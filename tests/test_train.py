@@ -150,7 +150,7 @@ def test_balanced_weights_give_every_class_the_same_total_weight():
 
 
 def test_sqrt_weights_lift_a_class_by_the_root_of_its_rarity_and_keep_a_pixels_mean_weight_one():
-    from minifcn.train import class_weights
+    from minifcn.train import CLASS_WEIGHT_POWER, class_weights
 
     class Labels:  # class 0 on 90 pixels, class 1 on 9, class 2 on 1, over two images; void ignored
         ids = ["a", "b"]
@@ -165,3 +165,6 @@ def test_sqrt_weights_lift_a_class_by_the_root_of_its_rarity_and_keep_a_pixels_m
     np.testing.assert_allclose(np.dot(share, w), 1, rtol=1e-6)  # the loss keeps its scale
     balanced = class_weights(Labels(), 3, power=1.0)  # power 1 is "balanced": the same total per class...
     assert np.allclose(balanced[:2] * share[:2], 1 / 3) and balanced[2] == 25  # ...up to the ceiling
+    fourth = class_weights(Labels(), 3, power=CLASS_WEIGHT_POWER["fourth-root"])
+    np.testing.assert_allclose(fourth[1] / fourth[0], 10 ** 0.25, rtol=1e-6)  # halfway to sqrt on the log scale
+    np.testing.assert_allclose(np.dot(share, fourth), 1, rtol=1e-6)

@@ -15,7 +15,10 @@ SIFTFLOW = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
 RUNS = [("siftflow.json", "siftflow_test_predictions.npz", ("results",)),  # the published run
         ("siftflow-imagenet.json", "siftflow-imagenet_test_predictions.npz", ("results",)),  # from Tiny ImageNet
         ("siftflow-imagenet-sqrt.json", "siftflow-imagenet-sqrt_test_predictions.npz", ("losses", "sqrt")),
-        ("siftflow-imagenet-14ep.json", "siftflow-imagenet-14ep_test_predictions.npz", ("results",))]  # session 22
+        ("siftflow-imagenet-14ep.json", "siftflow-imagenet-14ep_test_predictions.npz", ("results",)),  # session 22
+        ("siftflow-imagenet-20ep.json", "siftflow-imagenet-20ep_test_predictions.npz", ("results",)),  # session 23
+        ("siftflow-imagenet-fourth-root.json", "siftflow-imagenet-fourth-root_test_predictions.npz",
+         ("losses", "fourth-root"))]
 
 
 @pytest.mark.skipif(not os.path.isdir(SIFTFLOW), reason="the SIFT Flow test labels are not at ../shared/data/siftflow")
@@ -43,12 +46,14 @@ def test_the_committed_siftflow_predictions_reproduce_the_published_metrics(reco
         assert scores[key] == pytest.approx(published[key], abs=1e-9), key
 
 
-@pytest.mark.parametrize("record, kind", [("siftflow-imagenet-rerun.json", "seeds"),
-                                          ("siftflow-imagenet-sqrt.json", "losses")])
-def test_a_rerun_record_pairs_with_the_published_table_and_its_gaps_are_its_rows(record, kind):
-    """siftflow_rerun.py's records (another seed; the sqrt-weighted loss): the table's own run is one of its
-    two, row for row, the other changes only what it says, and each gap is FCN-8s minus the control."""
-    with open(os.path.join(RESULTS, "siftflow-imagenet.json")) as f:
+@pytest.mark.parametrize("record, kind, table_file", [
+    ("siftflow-imagenet-rerun.json", "seeds", "siftflow-imagenet.json"),
+    ("siftflow-imagenet-sqrt.json", "losses", "siftflow-imagenet.json"),
+    ("siftflow-imagenet-fourth-root.json", "losses", "siftflow-imagenet-20ep.json")])  # from the 20-epoch FCN-32s
+def test_a_rerun_record_pairs_with_its_table_and_its_gaps_are_its_rows(record, kind, table_file):
+    """siftflow_rerun.py's records (another seed; a weighted loss): the table's own run is one of its two,
+    row for row, the other changes only what it says, and each gap is FCN-8s minus the control."""
+    with open(os.path.join(RESULTS, table_file)) as f:
         table = json.load(f)
     with open(os.path.join(RESULTS, record)) as f:
         rerun = json.load(f)
@@ -57,6 +62,7 @@ def test_a_rerun_record_pairs_with_the_published_table_and_its_gaps_are_its_rows
     else:
         first, again = "equal", rerun["setup"]["class_weights"]
         assert rerun["setup"]["seed"] == table["setup"]["seed"]
+    assert rerun["setup"]["epochs"] == table["setup"]["epochs"]  # branched from that table's FCN-32s
     assert set(rerun[kind]) == {first, again} and first != again
     for name, row in rerun[kind][first].items():
         assert row == table["results"][name], name

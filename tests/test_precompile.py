@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,14 +14,35 @@ numba = pytest.importorskip("numba")
 from minifcn.kernels import numba_cpu, precompile, reference  # noqa: E402
 
 
-def test_shares_hold_every_task_once_and_balance_their_cost():
-    names = list(precompile.GROUPS["fcn"])
-    for workers in (1, 2, 3, 16):
-        parts = precompile.shares(names, workers)
-        assert sorted(n for p in parts for n in p) == sorted(names)
-        assert len(parts) == min(workers, len(names))
-        loads = [sum(precompile.TASKS[n][1] for n in p) + (i > 0) * precompile.HELPER_START for i, p in enumerate(parts)]
-        assert max(loads) - min(loads) <= max(precompile.TASKS[n][1] for n in names) + precompile.HELPER_START
+def test_racing_processes_run_each_task_once_and_all_of_them(monkeypatch, tmp_path):
+    """Claims are files made with O_EXCL: however many take from one list at once, each task runs once."""
+    import threading
+    ran, lock = [], threading.Lock()
+
+    def task(name):
+        def run(kernels, dtype):
+            with lock:
+                ran.append(name)
+        return run
+    names = [f"t{i}" for i in range(40)]
+    monkeypatch.setattr(precompile, "TASKS", {n: (task(n), 1.0) for n in names})
+    taken = [None] * 4
+
+    def worker(i):
+        taken[i] = precompile._take(None, np.float32, names, str(tmp_path))
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(ran) == sorted(names) == sorted(n for share in taken for n in share)
+    assert precompile._take(None, np.float32, names, str(tmp_path)) == []  # all claimed: nothing left
+
+
+def test_processes_share_the_tasks_and_report_who_ran_what():
+    report = precompile.run(numba_cpu, ["relu", "im2col", "col2im"], np.float32, processes=2)
+    assert len(report["shares"]) == 2 and report["failed"] == []
+    assert sorted(n for share in report["shares"] for n in share) == ["col2im", "im2col", "relu"]
 
 
 def test_as_many_processes_as_threads_minifcn_may_use():
@@ -86,14 +108,33 @@ def test_off_when_asked_under_an_mpi_launcher_and_in_a_frozen_app(tmp_path, monk
     precompile.ensure(numba_cpu, "relu", np.dtype(np.float32))
 
 
-def test_a_failing_helper_is_reported_and_its_kernels_compile_on_first_use(monkeypatch):
-    monkeypatch.setattr(precompile, "_helper_command",
-                        lambda kernels, dtype, names: [sys.executable, "-c", "import sys; sys.exit('no compiler here')"])
+CLAIM_AND_FAIL = "import os, sys; os.close(os.open(os.path.join(sys.argv[1], 'im2col'), os.O_CREAT)); sys.exit('{}')"
+
+
+@pytest.mark.parametrize("claims_first, lost", [(False, []), (True, ["im2col"])])
+def test_a_failing_helper_is_reported_and_what_it_claimed_compiles_on_first_use(monkeypatch, claims_first, lost):
+    """A helper that dies at once leaves its work to the others; one that dies after claiming a task leaves
+    that task to first use, and the report names it."""
+    monkeypatch.setattr(precompile, "_helper_command", lambda kernels, dtype, names, claims: (
+        [sys.executable, "-c", CLAIM_AND_FAIL.format("no compiler here"), claims] if claims_first
+        else [sys.executable, "-c", "import sys; sys.exit('no compiler here')"]))
+    take = precompile._take
+
+    def after_the_helper(kernels, dtype, names, claims):  # this process starts once the helper has claimed
+        for _ in range(600):
+            if not claims_first or os.path.exists(os.path.join(claims, "im2col")):
+                break
+            time.sleep(0.05)
+        return take(kernels, dtype, names, claims)
+    monkeypatch.setattr(precompile, "_take", after_the_helper)
     with pytest.warns(UserWarning, match="no compiler here"):
         report = precompile.run(numba_cpu, ["relu", "im2col", "col2im"], np.float32, processes=2)
-    assert report["failed"] == report["shares"][1:] and len(report["shares"]) == 2
+    assert report["failed"] == lost and report["shares"][1] == []
+    assert sorted(report["shares"][0] + lost) == ["col2im", "im2col", "relu"]
     x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
     np.testing.assert_array_equal(numba_cpu.relu(x), reference.relu(x))
+    from minifcn.im2col import im2col
+    np.testing.assert_array_equal(numba_cpu.im2col(x, 3, 1, 1, 1), im2col(x, 3, 1, 1, 1))
 
 
 def test_the_backend_prepares_each_op_and_dtype_before_its_kernels_run(monkeypatch):
@@ -203,12 +244,12 @@ def test_the_tasks_compile_every_kernel_there_is(tmp_path):
 
 def test_a_share_that_fails_here_still_waits_for_the_helpers(tmp_path, monkeypatch):
     done = tmp_path / "helper-finished"
-    monkeypatch.setattr(precompile, "_helper_command", lambda kernels, dtype, names: [
+    monkeypatch.setattr(precompile, "_helper_command", lambda kernels, dtype, names, claims: [
         sys.executable, "-c", f"import time; time.sleep(0.5); open({str(done)!r}, 'w').close()"])
 
     def broken(kernels, dtype):
         raise RuntimeError("this share cannot compile")
     monkeypatch.setitem(precompile.TASKS, "tiles", (broken, 5.0))
     with pytest.raises(RuntimeError, match="cannot compile"):
-        precompile.run(numba_cpu, ["tiles", "relu"], np.float32, processes=2)  # tiles here, relu in the helper
+        precompile.run(numba_cpu, ["tiles", "relu"], np.float32, processes=2)  # tiles here, the costliest
     assert done.exists()  # waited for, not left running

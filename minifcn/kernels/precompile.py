@@ -3,12 +3,15 @@
 A cold start is mostly compilation: about a dozen parallel kernels of about a second each (2-core Zen 4),
 compiled one after another as the first training step meets them, on one core while the others wait.
 Numba compiles one function at a time in a process, but its disk cache is shared by processes. So the
-first op of a dtype with nothing on record here splits the kernels into shares (``TASKS``: each runs one
-or more kernels on a tiny input, through the same wrappers a model calls, so they compile for the same
-argument types), compiles one share itself and hands the others to helper processes, one for each further
-thread minifcn may use (``python -m minifcn.kernels.precompile MODULE DTYPE TASK...``). When all are done, a
-kernel the main process has not compiled loads from the cache in milliseconds. Nothing is timed while the
-helpers run, so autotune measures on quiet cores.
+first op of a dtype with nothing on record here starts a helper process for each further thread minifcn
+may use (``python -m minifcn.kernels.precompile MODULE DTYPE --claims DIR TASK...``), and every process,
+this one included, takes the next task of ``TASKS`` that no other has claimed, the costliest first (each
+runs one or more kernels on a tiny input, through the same wrappers a model calls, so they compile for
+the same argument types). A claim is a file made with O_EXCL, so no task runs twice, and a process that
+finishes early takes more: the work balances itself on any CPU, whatever each kernel costs to compile
+there (a fixed split by costs measured on one machine left one process 4 s behind on another). When all
+are done, a kernel the main process has not compiled loads from the cache in milliseconds. Nothing is
+timed while the helpers run, so autotune measures on quiet cores.
 
 What has been done is recorded per CPU, kernel code, Numba cache folder and dtype in
 ``$MINIFCN_CACHE_DIR/precompiled/`` (default ~/.cache/minifcn), so later processes skip it. Batch norm,
@@ -23,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
@@ -32,7 +36,6 @@ from .. import atomic
 from ..conv_arithmetic import conv_geometry
 
 HELPER_TIMEOUT = 600.0  # seconds; a helper past this is stopped and its kernels compile on first use
-HELPER_START = 0.7  # what starting a helper costs, in the units of TASKS' costs (about a second each)
 
 
 def _zeros(dtype, *shape):
@@ -108,11 +111,12 @@ def _batch_norm(numba_cpu, dtype):
     numba_cpu.batch_norm_backward(y, xhat, v, v, True)
 
 
-# name: (what it runs, its cost: seconds to compile it alone, on one thread of a 2-core Zen 4 (session 21; loss
-# and argmax session 22; batch norm and Winograd, session 14's estimate in kernels of about a second))
-TASKS = {"tiles": (_tiles, 3.6), "more_tiles": (_more_tiles, 2.7), "side": (_side, 1.8), "loss": (_loss, 2.6),
-         "argmax": (_argmax, 1.4), "phases": (_phases, 2.0), "pool": (_pool, 3.2), "im2col": (_im2col, 1.4),
-         "col2im": (_col2im, 1.0), "relu": (_relu, 0.7), "batch_norm": (_batch_norm, 4.0), "winograd": (_winograd, 6.0)}
+# name: (what it runs, its cost: seconds to compile it alone in a fresh process, one thread of a 2-core Zen 4,
+# session 23; batch norm and Winograd, session 14's estimate in kernels of about a second). The costs only
+# order the tasks, costliest first, so that no large one is left for last; the claims balance the rest.
+TASKS = {"tiles": (_tiles, 4.7), "more_tiles": (_more_tiles, 5.4), "side": (_side, 1.9), "loss": (_loss, 2.6),
+         "argmax": (_argmax, 1.3), "phases": (_phases, 2.1), "pool": (_pool, 3.2), "im2col": (_im2col, 1.3),
+         "col2im": (_col2im, 1.1), "relu": (_relu, 0.8), "batch_norm": (_batch_norm, 4.0), "winograd": (_winograd, 6.0)}
 GROUPS = {"fcn": ("tiles", "more_tiles", "side", "loss", "argmax", "phases", "pool", "im2col", "col2im", "relu"),
           "batch_norm": ("batch_norm",), "winograd": ("winograd",)}
 _state = {"seen": set(), "done": set(), "reports": []}
@@ -153,15 +157,18 @@ def marker_path(group, dtype):
     return os.path.join(autotune.cache_root(), "precompiled", f"{group}-{np.dtype(dtype).name}-{digest}")
 
 
-def shares(names, workers):
-    """``names`` split into ``workers`` lists of about equal cost, the largest first (the first list is the
-    calling process's, which starts at once; the helpers' start later by ``HELPER_START``)."""
-    loads, out = [0.0] + [HELPER_START] * (workers - 1), [[] for _ in range(workers)]
-    for name in sorted(names, key=lambda n: -TASKS[n][1]):
-        i = loads.index(min(loads))
-        loads[i] += TASKS[name][1]
-        out[i].append(name)
-    return [s for s in out if s]
+def _take(kernels, dtype, names, claims):
+    """Run each task of ``names`` (in order) that no other process has claimed in the folder ``claims``;
+    return those this process ran. Claiming is creating the task's file there, which only one can do."""
+    taken = []
+    for name in names:
+        try:
+            os.close(os.open(os.path.join(claims, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        taken.append(name)
+        TASKS[name][0](kernels, dtype)
+    return taken
 
 
 def ensure(kernels, op, dtype):
@@ -188,74 +195,98 @@ def ensure(kernels, op, dtype):
         pass
 
 
-def _helper_command(kernels, dtype, names):
-    return [sys.executable, "-m", "minifcn.kernels.precompile", kernels.__name__, np.dtype(dtype).name, *names]
+def _helper_command(kernels, dtype, names, claims):
+    return [sys.executable, "-m", "minifcn.kernels.precompile", kernels.__name__, np.dtype(dtype).name,
+            "--claims", claims, *names]
 
 
 def run(kernels, names, dtype, processes=None):
-    """Compile the kernels of ``names`` (keys of TASKS) in ``dtype``: the first share here, the others in
-    helper processes at the same time (``processes`` in all, default ``workers()``). Returns a report."""
+    """Compile the kernels of ``names`` (keys of TASKS) in ``dtype``, here and in helper processes at the
+    same time (``processes`` in all, default ``workers()``), each taking the next unclaimed task. Returns a
+    report: ``shares``, the tasks each process ran (this one's first), ``failed``, the tasks claimed by
+    helpers that failed (they compile on first use), and ``seconds``."""
     started = time.perf_counter()
-    parts = shares(names, min(processes or workers(), len(names)))
+    count = min(processes or workers(), len(names))
+    names = sorted(names, key=lambda n: -TASKS[n][1])
     if sys.stderr.isatty():
-        print(f"minifcn: compiling its kernels for this CPU in {len(parts)} processes (once)", file=sys.stderr)
+        print(f"minifcn: compiling its kernels for this CPU in {count} processes (once)", file=sys.stderr)
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = {**os.environ, "MINIFCN_PRECOMPILE": "0", "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
            "OPENBLAS_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)}
-    helpers = []
-    for part in parts[1:]:
+    with tempfile.TemporaryDirectory(prefix="minifcn-precompile-") as claims:
+        helpers = []
+        for _ in range(count - 1):
+            try:
+                helpers.append(subprocess.Popen(_helper_command(kernels, dtype, names, claims), env=env,
+                                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            except OSError as err:
+                warnings.warn(f"minifcn could not start a process to compile kernels ({err}); this one compiles "
+                              "what it would have")
         try:
-            helpers.append((part, subprocess.Popen(_helper_command(kernels, dtype, part), env=env, stdin=subprocess.DEVNULL,
-                                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
-        except OSError as err:
-            warnings.warn(f"minifcn could not start a process to compile kernels {part} ({err}); "
-                          "they compile on first use")
-    try:
-        for name in parts[0]:
-            TASKS[name][0](kernels, dtype)
-    finally:  # the helpers are waited for even if this share failed: none is left running
-        failed = _wait(helpers)
-    report = {"dtype": np.dtype(dtype).name, "shares": parts, "failed": failed,
+            mine = _take(kernels, dtype, names, claims)
+        finally:  # the helpers are waited for even if this process failed: none is left running
+            theirs = _wait(helpers)
+        done = set(mine).union(*theirs)
+        failed = [n for n in names if n in os.listdir(claims) and n not in done]  # claimed by a helper that failed
+    report = {"dtype": np.dtype(dtype).name, "shares": [mine, *theirs], "failed": failed,
               "seconds": round(time.perf_counter() - started, 2)}
     _state["reports"].append(report)
     return report
 
 
 def _wait(helpers):
-    """Wait for each helper (stopping one past HELPER_TIMEOUT); warn about, and return, the shares that failed."""
-    failed = []
-    for part, proc in helpers:
+    """Wait for each helper (stopping one past HELPER_TIMEOUT). Returns the tasks each one ran, as its last
+    line of output names them: none for a helper that failed, with a warning (what it had claimed compiles
+    on first use)."""
+    theirs = []
+    for proc in helpers:
         try:
-            _, err = proc.communicate(timeout=HELPER_TIMEOUT)
+            out, err = proc.communicate(timeout=HELPER_TIMEOUT)
         except subprocess.TimeoutExpired:
             proc.kill()
-            _, err = proc.communicate()
-        if proc.returncode != 0:
-            failed.append(part)
+            out, err = proc.communicate()
+        ran = []
+        if proc.returncode == 0:
+            lines = (out or b"").decode(errors="replace").strip().splitlines()
+            try:
+                ran = [n for n in json.loads(lines[-1]) if n in TASKS]
+            except (IndexError, ValueError, TypeError):
+                pass
+        else:
             last = (err or b"").decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
-            warnings.warn(f"minifcn's process compiling kernels {part} failed (exit {proc.returncode}: "
-                          f"{last[0]}); they compile on first use")
-    return failed
+            warnings.warn(f"minifcn's process compiling kernels failed (exit {proc.returncode}: {last[0]}); "
+                          "what it had claimed compiles on first use")
+        theirs.append(ran)
+    return theirs
 
 
 def reports():
-    """What this process precompiled: one report per group and dtype (shares, failed helpers, seconds)."""
+    """What this process precompiled: one report per group and dtype (shares, failed tasks, seconds)."""
     return list(_state["reports"])
 
 
 def _main(argv):
-    """python -m minifcn.kernels.precompile MODULE DTYPE TASK...: a helper's share."""
+    """python -m minifcn.kernels.precompile MODULE DTYPE [--claims DIR] TASK...: a helper. With --claims it
+    runs the tasks no other process has claimed in DIR, and prints the list of those it ran; without, all."""
     import importlib
     module, dtype, names = argv[0], argv[1], argv[2:]
+    claims = None
+    if names[:1] == ["--claims"]:
+        if len(names) < 2 or not os.path.isdir(names[1]):
+            sys.exit(f"--claims needs an existing folder, got {names[1:2]}")
+        claims, names = names[1], names[2:]
     if not module.startswith("minifcn.kernels."):
         sys.exit(f"not a minifcn kernel module: {module}")
     unknown = [n for n in names if n not in TASKS]
     if unknown:
         sys.exit(f"unknown kernel tasks {unknown}; known: {sorted(TASKS)}")
     kernels = importlib.import_module(module)
-    for name in names:
-        TASKS[name][0](kernels, np.dtype(dtype))
+    if claims is None:
+        for name in names:
+            TASKS[name][0](kernels, np.dtype(dtype))
+    else:
+        print(json.dumps(_take(kernels, np.dtype(dtype), names, claims)))
 
 
 if __name__ == "__main__":

@@ -259,7 +259,8 @@ STRIDED_AFTER_TILES = r"""
 import json, numpy as np
 from numba.core import event
 from minifcn.kernels import numba_cpu, numba_tiled, precompile
-precompile.TASKS["tiles"][0](numba_cpu, np.dtype(np.float32))
+for name in ("tiles", "strided"):
+    precompile.TASKS[name][0](numba_cpu, np.dtype(np.float32))
 compiled = []
 class Listener(event.Listener):
     def on_start(self, ev): pass
@@ -277,7 +278,7 @@ print(json.dumps({"compiled": compiled, "same": bool(np.allclose(y, numba_tiled.
 
 
 @pytest.mark.slow
-def test_the_tile_task_covers_strided_inputs_too(tmp_path):
+def test_the_tasks_cover_the_tiles_on_strided_inputs_too(tmp_path):
     """A strided view reaches the tiles through the sub-pixel route: its padded copy is another Numba
     specialization, which compiled for 1.4-1.6 s in the middle of a cold start's route measuring."""
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "MINIFCN_PRECOMPILE": "0"}

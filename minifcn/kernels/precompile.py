@@ -9,7 +9,7 @@ this one included, takes the next task of ``TASKS`` that no other has claimed, t
 runs one or more kernels on a tiny input, through the same wrappers a model calls, so they compile for
 the same argument types). A claim is a file made with O_EXCL, so no task runs twice, and a process that
 finishes early takes more: the work balances itself on any CPU, whatever each kernel costs to compile
-there (a fixed split by costs measured on one machine left one process 4 s behind on another). When all
+there (a fixed split by costs measured on one machine left one process about 5 s behind on another). When all
 are done, a kernel the main process has not compiled loads from the cache in milliseconds. Nothing is
 timed while the helpers run, so autotune measures on quiet cores.
 
@@ -121,10 +121,12 @@ def _batch_norm(numba_cpu, dtype):
 # name: (what it runs, its cost: seconds to compile it alone in a fresh process, one thread of a 2-core Zen 4,
 # session 23; batch norm and Winograd, session 14's estimate in kernels of about a second). The costs only
 # order the tasks, costliest first, so that no large one is left for last; the claims balance the rest.
-TASKS = {"tiles": (_tiles, 4.7), "strided": (_strided, 1.7), "more_tiles": (_more_tiles, 5.4), "side": (_side, 1.9), "loss": (_loss, 2.6),
-         "argmax": (_argmax, 1.3), "phases": (_phases, 2.1), "pool": (_pool, 3.2), "im2col": (_im2col, 1.3),
-         "col2im": (_col2im, 1.1), "relu": (_relu, 0.8), "batch_norm": (_batch_norm, 4.0), "winograd": (_winograd, 6.0)}
-GROUPS = {"fcn": ("tiles", "strided", "more_tiles", "side", "loss", "argmax", "phases", "pool", "im2col", "col2im", "relu"),
+TASKS = {"tiles": (_tiles, 4.7), "strided": (_strided, 1.7), "more_tiles": (_more_tiles, 5.4), "side": (_side, 1.9),
+         "loss": (_loss, 2.6), "argmax": (_argmax, 1.3), "phases": (_phases, 2.1), "pool": (_pool, 3.2),
+         "im2col": (_im2col, 1.3), "col2im": (_col2im, 1.1), "relu": (_relu, 0.8), "batch_norm": (_batch_norm, 4.0),
+         "winograd": (_winograd, 6.0)}
+GROUPS = {"fcn": ("tiles", "strided", "more_tiles", "side", "loss", "argmax", "phases", "pool", "im2col", "col2im",
+                  "relu"),
           "batch_norm": ("batch_norm",), "winograd": ("winograd",)}
 _state = {"seen": set(), "done": set(), "reports": []}
 
@@ -226,7 +228,8 @@ def run(kernels, names, dtype, processes=None):
         for _ in range(count - 1):
             try:
                 helpers.append(subprocess.Popen(_helper_command(kernels, dtype, names, claims), env=env,
-                                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+                                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                                stderr=subprocess.PIPE))
             except OSError as err:
                 warnings.warn(f"minifcn could not start a process to compile kernels ({err}); this one compiles "
                               "what it would have")
@@ -234,8 +237,8 @@ def run(kernels, names, dtype, processes=None):
             mine = _take(kernels, dtype, names, claims)
         finally:  # the helpers are waited for even if this process failed: none is left running
             theirs = _wait(helpers)
-        done = set(mine).union(*theirs)
-        failed = [n for n in names if n in os.listdir(claims) and n not in done]  # claimed by a helper that failed
+        done, claimed = set(mine).union(*theirs), set(os.listdir(claims))
+        failed = [n for n in names if n in claimed and n not in done]  # claimed by a helper that failed
     report = {"dtype": np.dtype(dtype).name, "shares": [mine, *theirs], "failed": failed,
               "seconds": round(time.perf_counter() - started, 2)}
     _state["reports"].append(report)

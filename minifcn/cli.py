@@ -87,8 +87,8 @@ HELP = {
     "lr_policy": "poly: lr (1 - step/total)^0.9; fixed: constant",
     "warmup_steps": "steps over which the rate ramps up linearly from 0",
     "loss_reduction": "mean over valid pixels, or sum (the paper's unnormalised loss)",
-    "class_weights": "balanced: weight each class by its inverse pixel share; sqrt, fourth-root: by that root of "
-                     "it (capped, a pixel's mean weight 1); unset: equal",
+    "class_weights": "balanced: weight each class by its inverse pixel share; sqrt, fourth-root, eighth-root: by that "
+                     "root of it (capped, a pixel's mean weight 1); unset: equal",
     "crop": "train on random crops of this size (pixels); unset: whole images",
     "train_split": "the split list the net trains on",
     "val_split": "the split list validated on after each epoch",

@@ -9,7 +9,7 @@ from .models.shapes import check_size
 
 # The class-weighted losses by name: a class of pixel share f weighs about f ** -power (train.class_weights).
 # "balanced" is Farabet's (each class the same total weight); the roots go part of the way on the log scale.
-CLASS_WEIGHT_POWER = {"balanced": 1.0, "sqrt": 0.5, "fourth-root": 0.25}
+CLASS_WEIGHT_POWER = {"balanced": 1.0, "sqrt": 0.5, "fourth-root": 0.25, "eighth-root": 0.125}
 
 MAX_CLASSES = 255  # label maps are uint8 and 255 marks void: classes 0 ... 254
 MAX_SIDE = 4096  # pixels: the largest --image-size or --crop a setting may ask for

@@ -168,3 +168,5 @@ def test_sqrt_weights_lift_a_class_by_the_root_of_its_rarity_and_keep_a_pixels_m
     fourth = class_weights(Labels(), 3, power=CLASS_WEIGHT_POWER["fourth-root"])
     np.testing.assert_allclose(fourth[1] / fourth[0], 10 ** 0.25, rtol=1e-6)  # halfway to sqrt on the log scale
     np.testing.assert_allclose(np.dot(share, fourth), 1, rtol=1e-6)
+    eighth = class_weights(Labels(), 3, power=CLASS_WEIGHT_POWER["eighth-root"])
+    np.testing.assert_allclose(eighth[1] / eighth[0], 10 ** 0.125, rtol=1e-6)  # halfway again

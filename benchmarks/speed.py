@@ -288,7 +288,9 @@ def main():
         print(f"  kernels compiled up front ({r['dtype']}) in {len(r['shares'])} processes, {r['seconds']} s: "
               f"{r['shares']}" + (f"; failed: {r['failed']}" if r["failed"] else ""))
     if tuned:
-        print(f"  routes measured: {tuned['measured']} passes, {tuned['seconds']} s (compiling included)")
+        print(f"  routes measured: {tuned['measured']} passes, {tuned['seconds']} s (compiling included); costliest:")
+        for key, seconds, tried in tuned.get("slowest", []):
+            print(f"    {seconds:.2f} s, {tried} routes: {key}")
     if args.backend == "numba":
         print("\n| 3x3 layer, fwd+bwd (numba; GF/s count the direct sum's multiply-adds) | register tiles "
               "| shifted GEMM | Winograd | im2col | routes chosen: forward · input grad · weight grad |"

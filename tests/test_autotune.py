@@ -81,6 +81,8 @@ def test_the_fastest_route_is_kept_and_its_own_result_returned(tuning):
     routes = ("slow", "fast", "middle")
     assert autotune.choose("k", 2, list(routes), run, "slow", routes) == ("fast", "fast")
     assert autotune.report()["measured"] == 1
+    (key, seconds, tried), = autotune.report()["slowest"]  # what the measuring cost, pass by pass
+    assert key == "k" and tried == 3 and 0.03 < seconds < 5
     assert autotune.choose("k", 2, list(routes), run, "slow", routes) == ("fast", "fast")  # on record now
     assert autotune.report()["measured"] == 1
     saved = json.load(open(autotune.report()["table"]))

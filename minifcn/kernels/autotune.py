@@ -35,7 +35,7 @@ MAX_SECONDS = 30.0
 TIMINGS = 3  # runs of a route that stays in contention; its fastest counts (a shared machine is noisy)
 MAX_TABLE_BYTES = 4 << 20  # a table is a few kB; anything larger is not ours
 _state = {"enabled": None, "table": None, "path": None, "who": None, "threads": None, "routes": (), "seconds": 0.0,
-          "measured": 0, "depth": 0, "warm": set()}
+          "measured": 0, "depth": 0, "warm": set(), "costs": {}}
 
 
 def enabled():
@@ -164,17 +164,21 @@ def choose(key, threads, candidates, run, rule, routes, family=""):
         _state["depth"] -= 1
     if not _state["depth"]:
         _state["seconds"] += time.perf_counter() - started
+        _state["costs"][key] = (time.perf_counter() - started, len(candidates))
     _state["measured"] += 1
     table[key] = best[1]
     _save(key, best[1])
     return best[1], best[2]
 
 
-def report():
-    """{'measured': passes timed in this process, 'seconds': spent timing them, 'table': its file}."""
-    return {"measured": _state["measured"], "seconds": round(_state["seconds"], 2), "table": _state["path"]}
+def report(slowest=5):
+    """{'measured': passes timed in this process, 'seconds': spent timing them, 'table': its file,
+    'slowest': the ``slowest`` costliest passes as [key, seconds, routes tried] (where a first run's time goes)}."""
+    costly = sorted(_state["costs"].items(), key=lambda item: -item[1][0])[:slowest]
+    return {"measured": _state["measured"], "seconds": round(_state["seconds"], 2), "table": _state["path"],
+            "slowest": [[key, round(seconds, 3), tried] for key, (seconds, tried) in costly]}
 
 
 def forget():
     """Drop what this process holds in memory (the next pass reads the table from disk again)."""
-    _state.update(table=None, path=None, who=None, threads=None, seconds=0.0, measured=0)
+    _state.update(table=None, path=None, who=None, threads=None, seconds=0.0, measured=0, costs={})

@@ -124,14 +124,14 @@ def _save(key, route):
         pass
 
 
-def choose(key, threads, candidates, run, rule, routes, family=""):
+def choose(key, threads, candidates, run, rule, routes, family="", loaded=None):
     """``run(route)`` by the route on record for ``key``; else, within budget, by the fastest candidate.
 
     ``candidates``: the routes that can compute this pass here; ``rule``: the by-shape choice, used when
     autotuning is off, already spent, or there is nothing to choose; ``routes``: every route name there is
     (what a table may contain); ``family``: what a route's compiled code depends on besides its name (the
     dtype). The first time a (route, family) runs in a process it may compile or load its kernels, so that
-    run is not timed. Then each candidate is timed up to ``TIMINGS`` times and keeps its fastest, stopping
+    run is not timed, unless ``loaded(route)`` says its kernels are compiled or loaded already. Then each candidate is timed up to ``TIMINGS`` times and keeps its fastest, stopping
     as soon as it is half as slow again as the best so far. The rule's route runs first.
     Returns (route, result).
     """
@@ -147,7 +147,7 @@ def choose(key, threads, candidates, run, rule, routes, family=""):
     _state["depth"] += 1  # a route may run passes that are measured in turn (the flipped input gradient)
     try:
         for route in candidates:
-            if (route, family) not in _state["warm"]:
+            if (route, family) not in _state["warm"] and not (loaded and loaded(route)):
                 run(route)
                 _state["warm"].add((route, family))
             fastest = float("inf")

@@ -209,7 +209,9 @@ def _routed(op, input_shape, geo, w_shape, dtype, run):
         return run(rule)
     ways = candidates(op, input_shape, geo, w_shape, np.dtype(dtype).itemsize)
     key = _key(op, input_shape, geo, w_shape, dtype)
-    return autotune.choose(key, numba.get_num_threads(), ways, run, rule, ROUTES, np.dtype(dtype).name)[1]
+    def loaded(way):  # its kernels compiled or loaded here already: autotune may time its first run
+        return precompile.ready(precompile.group_of(way), dtype)
+    return autotune.choose(key, numba.get_num_threads(), ways, run, rule, ROUTES, np.dtype(dtype).name, loaded)[1]
 
 
 def conv2d(x, w, stride=1, padding=0, dilation=1):
@@ -451,6 +453,7 @@ def max_pool(x, kernel, stride, padding, out_hw):
     if tuple(kernel) == tuple(stride) == (2, 2) and tuple(padding) == (0, 0):
         _max_pool_2x2(np.ascontiguousarray(x), y, argmax)
     else:
+        prepare("any_pool", x.dtype)
         _max_pool(np.ascontiguousarray(x), *kernel, *stride, *padding, y, argmax)
     return y, argmax
 

@@ -10,13 +10,16 @@ runs one or more kernels on a tiny input, through the same wrappers a model call
 the same argument types). A claim is a file made with O_EXCL, so no task runs twice, and a process that
 finishes early takes more: the work balances itself on any CPU, whatever each kernel costs to compile
 there (a fixed split by costs measured on one machine left one process about 5 s behind on another). When all
-are done, a kernel the main process has not compiled loads from the cache in milliseconds. Nothing is
-timed while the helpers run, so autotune measures on quiet cores.
+are done, the main process loads what the helpers compiled from the cache (milliseconds for all), so no
+kernel compiles or loads in the middle of a step, and autotune, told so (``ready``), times each route's
+first run instead of running it once untimed. Nothing is timed while the helpers run, so autotune
+measures on quiet cores.
 
 What has been done is recorded per CPU, kernel code, Numba cache folder and dtype in
 ``$MINIFCN_CACHE_DIR/precompiled/`` (default ~/.cache/minifcn), so later processes skip it. Batch norm,
 which only pretraining uses, is a group of its own, compiled when a batch-norm op first runs, and so is
-Winograd's route, which only wide layers take (128 channels, or 64 on large maps). Off with
+Winograd's route, which only wide layers take (128 channels, or 64 on large maps), and so are pools other
+than VGG's 2x2 (no model of minifcn's has one: 1.2 s of compiling a cold start need not wait for). Off with
 ``MINIFCN_PRECOMPILE=0``, and under an MPI launcher (its ranks already compile side by side). If a helper
 fails, its kernels compile on first use, as they would without any of this.
 """
@@ -92,9 +95,14 @@ def _phases(numba_cpu, dtype):
 
 
 def _pool(numba_cpu, dtype):
-    numba_cpu.max_pool(_zeros(dtype, 1, 1, 4, 4), (3, 3), (2, 2), (1, 1), (2, 2))  # any window
-    y, argmax = numba_cpu.max_pool(_zeros(dtype, 1, 1, 4, 4), (2, 2), (2, 2), (0, 0), (2, 2))  # VGG's
+    """VGG's pools (2x2 windows, stride 2), forward and backward: the only pools the models have."""
+    y, argmax = numba_cpu.max_pool(_zeros(dtype, 1, 1, 4, 4), (2, 2), (2, 2), (0, 0), (2, 2))
     numba_cpu.max_pool_backward(y, argmax, (1, 1, 4, 4), (2, 2), (2, 2), (0, 0))
+
+
+def _any_pool(numba_cpu, dtype):
+    """A pool of any other window, stride or padding: a group of its own, compiled when one first runs."""
+    numba_cpu.max_pool(_zeros(dtype, 1, 1, 4, 4), (3, 3), (2, 2), (1, 1), (2, 2))
 
 
 def _relu(numba_cpu, dtype):
@@ -124,17 +132,17 @@ def _batch_norm(numba_cpu, dtype):
 TASKS = {"tiles": (_tiles, 4.7), "strided": (_strided, 1.7), "more_tiles": (_more_tiles, 5.4), "side": (_side, 1.9),
          "loss": (_loss, 2.6), "argmax": (_argmax, 1.3), "phases": (_phases, 2.1), "pool": (_pool, 3.2),
          "im2col": (_im2col, 1.3), "col2im": (_col2im, 1.1), "relu": (_relu, 0.8), "batch_norm": (_batch_norm, 4.0),
-         "winograd": (_winograd, 6.0)}
+         "winograd": (_winograd, 6.0), "any_pool": (_any_pool, 1.2)}
 GROUPS = {"fcn": ("tiles", "strided", "more_tiles", "side", "loss", "argmax", "phases", "pool", "im2col", "col2im",
                   "relu"),
-          "batch_norm": ("batch_norm",), "winograd": ("winograd",)}
-_state = {"seen": set(), "done": set(), "reports": []}
+          "batch_norm": ("batch_norm",), "winograd": ("winograd",), "any_pool": ("any_pool",)}
+_state = {"seen": set(), "done": set(), "reports": [], "ready": set()}
 
 
 def group_of(op):
     """The group whose kernels ``op`` needs first: batch norm's own, Winograd's (a route only wide layers
-    take, "winograd"), or the rest (what an FCN runs)."""
-    return "batch_norm" if op.startswith("batch_norm") else "winograd" if op == "winograd" else "fcn"
+    take, "winograd"), that of pools other than VGG's ("any_pool"), or the rest (what an FCN runs)."""
+    return "batch_norm" if op.startswith("batch_norm") else op if op in ("winograd", "any_pool") else "fcn"
 
 
 def enabled():
@@ -211,9 +219,9 @@ def _helper_command(kernels, dtype, names, claims):
 
 def run(kernels, names, dtype, processes=None):
     """Compile the kernels of ``names`` (keys of TASKS) in ``dtype``, here and in helper processes at the
-    same time (``processes`` in all, default ``workers()``), each taking the next unclaimed task. Returns a
-    report: ``shares``, the tasks each process ran (this one's first), ``failed``, the tasks claimed by
-    helpers that failed (they compile on first use), and ``seconds``."""
+    same time (``processes`` in all, default ``workers()``), each taking the next unclaimed task; then loads
+    here what the helpers compiled. Returns a report: ``shares``, the tasks each process ran (this one's
+    first), ``failed``, the tasks claimed by helpers that failed (they compile on first use), and ``seconds``."""
     started = time.perf_counter()
     count = min(processes or workers(), len(names))
     names = sorted(names, key=lambda n: -TASKS[n][1])
@@ -239,6 +247,11 @@ def run(kernels, names, dtype, processes=None):
             theirs = _wait(helpers)
         done, claimed = set(mine).union(*theirs), set(os.listdir(claims))
         failed = [n for n in names if n in claimed and n not in done]  # claimed by a helper that failed
+    for name in names:  # the helpers' kernels, loaded here from the cache now (milliseconds), not mid-measuring
+        if name in done and name not in mine:
+            TASKS[name][0](kernels, dtype)
+    if not failed:
+        _state["ready"].add((frozenset(names), np.dtype(dtype).name))
     report = {"dtype": np.dtype(dtype).name, "shares": [mine, *theirs], "failed": failed,
               "seconds": round(time.perf_counter() - started, 2)}
     _state["reports"].append(report)
@@ -269,6 +282,13 @@ def _wait(helpers):
                           "what it had claimed compiles on first use")
         theirs.append(ran)
     return theirs
+
+
+def ready(group, dtype):
+    """Whether every kernel of ``group`` in ``dtype`` is compiled or loaded in this process: precompiled here,
+    with no helper failing. Then a first call of them compiles and loads nothing (autotune needs no untimed
+    first run); False where that is not known (a later process loads each kernel at its first call)."""
+    return (frozenset(GROUPS[group]), np.dtype(dtype).name) in _state["ready"]
 
 
 def reports():

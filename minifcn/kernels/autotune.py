@@ -131,8 +131,9 @@ def choose(key, threads, candidates, run, rule, routes, family="", loaded=None):
     autotuning is off, already spent, or there is nothing to choose; ``routes``: every route name there is
     (what a table may contain); ``family``: what a route's compiled code depends on besides its name (the
     dtype). The first time a (route, family) runs in a process it may compile or load its kernels, so that
-    run is not timed, unless ``loaded(route)`` says its kernels are compiled or loaded already. Then each candidate is timed up to ``TIMINGS`` times and keeps its fastest, stopping
-    as soon as it is half as slow again as the best so far. The rule's route runs first.
+    run is not timed, unless ``loaded(route)`` says its kernels are compiled or loaded already. Then each
+    candidate is timed up to ``TIMINGS`` times and keeps its fastest, stopping as soon as it is half as slow
+    again as the best so far. The rule's route runs first.
     Returns (route, result).
     """
     if not enabled() or len(candidates) < 2:

@@ -18,7 +18,8 @@ RUNS = [("siftflow.json", "siftflow_test_predictions.npz", ("results",)),  # the
         ("siftflow-imagenet-14ep.json", "siftflow-imagenet-14ep_test_predictions.npz", ("results",)),  # session 22
         ("siftflow-imagenet-20ep.json", "siftflow-imagenet-20ep_test_predictions.npz", ("results",)),  # session 23
         ("siftflow-imagenet-fourth-root.json", "siftflow-imagenet-fourth-root_test_predictions.npz",
-         ("losses", "fourth-root"))]
+         ("losses", "fourth-root")),
+        ("siftflow-imagenet-24ep.json", "siftflow-imagenet-24ep_test_predictions.npz", ("results",))]  # session 24
 
 
 @pytest.mark.skipif(not os.path.isdir(SIFTFLOW), reason="the SIFT Flow test labels are not at ../shared/data/siftflow")

@@ -19,7 +19,7 @@ What has been done is recorded per CPU, kernel code, Numba cache folder and dtyp
 ``$MINIFCN_CACHE_DIR/precompiled/`` (default ~/.cache/minifcn), so later processes skip it. Batch norm,
 which only pretraining uses, is a group of its own, compiled when a batch-norm op first runs, and so is
 Winograd's route, which only wide layers take (128 channels, or 64 on large maps), and so are pools other
-than VGG's 2x2 (no model of minifcn's has one: 1.2 s of compiling a cold start need not wait for). Off with
+than VGG's 2x2 (no model of minifcn's has one: 1.2 s of compiling that a cold start need not wait for). Off with
 ``MINIFCN_PRECOMPILE=0``, and under an MPI launcher (its ranks already compile side by side). If a helper
 fails, its kernels compile on first use, as they would without any of this.
 """
@@ -127,12 +127,13 @@ def _batch_norm(numba_cpu, dtype):
 
 
 # name: (what it runs, its cost: seconds to compile it alone in a fresh process, one thread of a 2-core Zen 4,
-# session 23; batch norm and Winograd, session 14's estimate in kernels of about a second). The costs only
-# order the tasks, costliest first, so that no large one is left for last; the claims balance the rest.
+# session 23, pool and any_pool session 24; batch norm and Winograd, session 14's estimate in kernels of about
+# a second). The costs only order the tasks, costliest first, so that no large one is left for last; the
+# claims balance the rest.
 TASKS = {"tiles": (_tiles, 4.7), "strided": (_strided, 1.7), "more_tiles": (_more_tiles, 5.4), "side": (_side, 1.9),
-         "loss": (_loss, 2.6), "argmax": (_argmax, 1.3), "phases": (_phases, 2.1), "pool": (_pool, 3.2),
+         "loss": (_loss, 2.6), "argmax": (_argmax, 1.3), "phases": (_phases, 2.1), "pool": (_pool, 2.0),
          "im2col": (_im2col, 1.3), "col2im": (_col2im, 1.1), "relu": (_relu, 0.8), "batch_norm": (_batch_norm, 4.0),
-         "winograd": (_winograd, 6.0), "any_pool": (_any_pool, 1.2)}
+         "winograd": (_winograd, 6.0), "any_pool": (_any_pool, 1.4)}
 GROUPS = {"fcn": ("tiles", "strided", "more_tiles", "side", "loss", "argmax", "phases", "pool", "im2col", "col2im",
                   "relu"),
           "batch_norm": ("batch_norm",), "winograd": ("winograd",), "any_pool": ("any_pool",)}

@@ -48,7 +48,7 @@ def test_every_candidate_route_computes_the_reference(op, dtype, g):
     """Each route autotune may pick, forced one at a time, against the NumPy reference."""
     results, real, depth = [], autotune.choose, [0]
 
-    def every_route(key, threads, candidates, run, rule, routes, family="", loaded=None):
+    def every_route(key, threads, candidates, run, rule, routes, family=""):
         assert rule in routes and set(candidates) <= set(routes) and candidates
         depth[0] += 1  # a route may run inner passes (over the phases, or flipped): only the outer one is checked
         try:
@@ -87,23 +87,6 @@ def test_the_fastest_route_is_kept_and_its_own_result_returned(tuning):
     assert autotune.report()["measured"] == 1
     saved = json.load(open(autotune.report()["table"]))
     assert saved["choices"] == {"k": "fast"} and saved["for"]["threads"] == 2
-
-
-def test_a_route_known_to_be_loaded_has_its_first_run_timed(tuning):
-    """A route's first run in a process is not timed (it may compile); one whose kernels precompile has
-    loaded already is timed from its first run, which saves a run of it."""
-    runs = []
-
-    def run(route):
-        runs.append(route)
-        return route
-    routes = ("a", "b")  # "a", the rule's route, runs first and is timed TIMINGS times
-    autotune.choose("cold", 2, list(routes), run, "a", routes, family="cold-family")
-    assert runs.count("a") == autotune.TIMINGS + 1 and runs.count("b") >= 2
-    runs.clear()
-    autotune.choose("loaded", 2, list(routes), run, "a", routes, family="loaded-family", loaded=lambda r: r == "a")
-    assert runs.count("a") == autotune.TIMINGS
-    assert runs.count("b") >= 2  # not said to be loaded: run once untimed, then timed
 
 
 def _conv(seed=0):

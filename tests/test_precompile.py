@@ -39,14 +39,10 @@ def test_racing_processes_run_each_task_once_and_all_of_them(monkeypatch, tmp_pa
     assert precompile._take(None, np.float32, names, str(tmp_path)) == []  # all claimed: nothing left
 
 
-def test_processes_share_the_tasks_and_report_who_ran_what(monkeypatch):
-    monkeypatch.setitem(precompile._state, "ready", set())
-    monkeypatch.setitem(precompile.GROUPS, "three", ("relu", "im2col", "col2im"))
-    assert not precompile.ready("three", np.float32)
+def test_processes_share_the_tasks_and_report_who_ran_what():
     report = precompile.run(numba_cpu, ["relu", "im2col", "col2im"], np.float32, processes=2)
     assert len(report["shares"]) == 2 and report["failed"] == []
     assert sorted(n for share in report["shares"] for n in share) == ["col2im", "im2col", "relu"]
-    assert precompile.ready("three", np.float32) and not precompile.ready("three", np.float64)
 
 
 def test_as_many_processes_as_threads_minifcn_may_use():
@@ -132,12 +128,9 @@ def test_a_failing_helper_is_reported_and_what_it_claimed_compiles_on_first_use(
             time.sleep(0.05)
         return take(kernels, dtype, names, claims)
     monkeypatch.setattr(precompile, "_take", after_the_helper)
-    monkeypatch.setitem(precompile._state, "ready", set())
-    monkeypatch.setitem(precompile.GROUPS, "three", ("relu", "im2col", "col2im"))
     with pytest.warns(UserWarning, match="no compiler here"):
         report = precompile.run(numba_cpu, ["relu", "im2col", "col2im"], np.float32, processes=2)
     assert report["failed"] == lost and report["shares"][1] == []
-    assert precompile.ready("three", np.float32) == (not lost)  # a lost task may compile at its first call
     assert sorted(report["shares"][0] + lost) == ["col2im", "im2col", "relu"]
     x = np.random.default_rng(0).standard_normal((2, 3, 5, 5)).astype(np.float32)
     np.testing.assert_array_equal(numba_cpu.relu(x), reference.relu(x))
@@ -194,7 +187,7 @@ dispatchers = [d for m in (numba_cpu, numba_tiled, numba_cpu.winograd) for d in 
 dispatchers += [d for k in numba_tiled.KERNELS.values() for d in vars(k).values() if isinstance(d, numba.core.dispatcher.Dispatcher)]
 hits = sum(sum(d.stats.cache_hits.values()) for d in dispatchers)
 print(json.dumps({"reports": precompile.reports(), "after": after, "hits": hits, "compiled": len(compiled),
-                  "workers": precompile.workers(), "ready": precompile.ready("fcn", np.float32)}))
+                  "workers": precompile.workers()}))
 """
 
 
@@ -217,10 +210,8 @@ def test_a_cold_start_compiles_each_kernel_once_spread_over_processes(tmp_path):
     assert first["after"] == []  # every kernel the step used was compiled up front
     if len(shares) > 1:
         assert first["hits"] > 0  # the helpers' kernels came from the cache
-    assert first["ready"]  # ...and were loaded here before the step: autotune may time every first run
     second = child()
     assert second["reports"] == [] and second["compiled"] == 0 and second["hits"] > 0
-    assert not second["ready"]  # nothing loaded up front: each kernel loads at its first call
 
 
 PRECOMPILE_ALL = r"""

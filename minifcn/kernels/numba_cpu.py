@@ -209,10 +209,7 @@ def _routed(op, input_shape, geo, w_shape, dtype, run):
         return run(rule)
     ways = candidates(op, input_shape, geo, w_shape, np.dtype(dtype).itemsize)
     key = _key(op, input_shape, geo, w_shape, dtype)
-
-    def loaded(way):  # its kernels compiled or loaded here already: autotune may time its first run
-        return precompile.ready(precompile.group_of(way), dtype)
-    return autotune.choose(key, numba.get_num_threads(), ways, run, rule, ROUTES, np.dtype(dtype).name, loaded)[1]
+    return autotune.choose(key, numba.get_num_threads(), ways, run, rule, ROUTES, np.dtype(dtype).name)[1]
 
 
 def conv2d(x, w, stride=1, padding=0, dilation=1):

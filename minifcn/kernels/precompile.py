@@ -10,10 +10,8 @@ runs one or more kernels on a tiny input, through the same wrappers a model call
 the same argument types). A claim is a file made with O_EXCL, so no task runs twice, and a process that
 finishes early takes more: the work balances itself on any CPU, whatever each kernel costs to compile
 there (a fixed split by costs measured on one machine left one process about 5 s behind on another). When all
-are done, the main process loads what the helpers compiled from the cache (milliseconds for all), so no
-kernel compiles or loads in the middle of a step, and autotune, told so (``ready``), times each route's
-first run instead of running it once untimed. Nothing is timed while the helpers run, so autotune
-measures on quiet cores.
+are done, a kernel the main process has not compiled loads from the cache in milliseconds. Nothing is
+timed while the helpers run, so autotune measures on quiet cores.
 
 What has been done is recorded per CPU, kernel code, Numba cache folder and dtype in
 ``$MINIFCN_CACHE_DIR/precompiled/`` (default ~/.cache/minifcn), so later processes skip it. Batch norm,
@@ -137,7 +135,7 @@ TASKS = {"tiles": (_tiles, 4.7), "strided": (_strided, 1.7), "more_tiles": (_mor
 GROUPS = {"fcn": ("tiles", "strided", "more_tiles", "side", "loss", "argmax", "phases", "pool", "im2col", "col2im",
                   "relu"),
           "batch_norm": ("batch_norm",), "winograd": ("winograd",), "any_pool": ("any_pool",)}
-_state = {"seen": set(), "done": set(), "reports": [], "ready": set()}
+_state = {"seen": set(), "done": set(), "reports": []}
 
 
 def group_of(op):
@@ -220,9 +218,9 @@ def _helper_command(kernels, dtype, names, claims):
 
 def run(kernels, names, dtype, processes=None):
     """Compile the kernels of ``names`` (keys of TASKS) in ``dtype``, here and in helper processes at the
-    same time (``processes`` in all, default ``workers()``), each taking the next unclaimed task; then loads
-    here what the helpers compiled. Returns a report: ``shares``, the tasks each process ran (this one's
-    first), ``failed``, the tasks claimed by helpers that failed (they compile on first use), and ``seconds``."""
+    same time (``processes`` in all, default ``workers()``), each taking the next unclaimed task. Returns a
+    report: ``shares``, the tasks each process ran (this one's first), ``failed``, the tasks claimed by
+    helpers that failed (they compile on first use), and ``seconds``."""
     started = time.perf_counter()
     count = min(processes or workers(), len(names))
     names = sorted(names, key=lambda n: -TASKS[n][1])
@@ -248,11 +246,6 @@ def run(kernels, names, dtype, processes=None):
             theirs = _wait(helpers)
         done, claimed = set(mine).union(*theirs), set(os.listdir(claims))
         failed = [n for n in names if n in claimed and n not in done]  # claimed by a helper that failed
-    for name in names:  # the helpers' kernels, loaded here from the cache now (milliseconds), not mid-measuring
-        if name in done and name not in mine:
-            TASKS[name][0](kernels, dtype)
-    if not failed:
-        _state["ready"].add((frozenset(names), np.dtype(dtype).name))
     report = {"dtype": np.dtype(dtype).name, "shares": [mine, *theirs], "failed": failed,
               "seconds": round(time.perf_counter() - started, 2)}
     _state["reports"].append(report)
@@ -283,13 +276,6 @@ def _wait(helpers):
                           "what it had claimed compiles on first use")
         theirs.append(ran)
     return theirs
-
-
-def ready(group, dtype):
-    """Whether every kernel of ``group`` in ``dtype`` is compiled or loaded in this process: precompiled here,
-    with no helper failing. Then a first call of them compiles and loads nothing (autotune needs no untimed
-    first run); False where that is not known (a later process loads each kernel at its first call)."""
-    return (frozenset(GROUPS[group]), np.dtype(dtype).name) in _state["ready"]
 
 
 def reports():

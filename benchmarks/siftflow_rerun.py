@@ -8,9 +8,9 @@ and control must be done), with one thing changed:
   rerun noise of the question "does FCN-8s beat an FCN-32s trained on for as long?". The gap counts as
   real when both seeds show it and it exceeds how far the seeds move either row. Folders ``NAME-seedS``,
   record ``results/siftflow-imagenet-rerun.json`` (``seeds``).
-- ``--class-weights sqrt`` (or ``fourth-root``, ``balanced``): a loss that weights each class by the inverse
-  square root of its pixel share (or its fourth root, or the inverse share; ``minifcn.train.class_weights``),
-  so that windows and poles count for more than sky. Folders ``NAME-sqrt``, record
+- ``--class-weights sqrt`` (or ``fourth-root``, ``eighth-root``, ``balanced``): a loss that weights each class
+  by the inverse square root of its pixel share (or its fourth or eighth root, or the inverse share;
+  ``minifcn.train.class_weights``), so that windows and poles count for more than sky. Folders ``NAME-sqrt``, record
   ``results/siftflow-imagenet-sqrt.json`` (``losses``), its FCN-8s's prediction of every test photo
   (``_test_predictions.npz``) and a figure of both FCN-8s (``siftflow-imagenet-sqrt.png``).
 - both: the loss run's rerun noise. Its branches again under another seed (``NAME-sqrt-seedS``), compared

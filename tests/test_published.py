@@ -19,7 +19,9 @@ RUNS = [("siftflow.json", "siftflow_test_predictions.npz", ("results",)),  # the
         ("siftflow-imagenet-20ep.json", "siftflow-imagenet-20ep_test_predictions.npz", ("results",)),  # session 23
         ("siftflow-imagenet-fourth-root.json", "siftflow-imagenet-fourth-root_test_predictions.npz",
          ("losses", "fourth-root")),
-        ("siftflow-imagenet-24ep.json", "siftflow-imagenet-24ep_test_predictions.npz", ("results",))]  # session 24
+        ("siftflow-imagenet-24ep.json", "siftflow-imagenet-24ep_test_predictions.npz", ("results",)),  # session 24
+        ("siftflow-imagenet-eighth-root.json", "siftflow-imagenet-eighth-root_test_predictions.npz",
+         ("losses", "eighth-root"))]
 
 
 @pytest.mark.skipif(not os.path.isdir(SIFTFLOW), reason="the SIFT Flow test labels are not at ../shared/data/siftflow")
@@ -50,7 +52,8 @@ def test_the_committed_siftflow_predictions_reproduce_the_published_metrics(reco
 @pytest.mark.parametrize("record, kind, table_file", [
     ("siftflow-imagenet-rerun.json", "seeds", "siftflow-imagenet.json"),
     ("siftflow-imagenet-sqrt.json", "losses", "siftflow-imagenet.json"),
-    ("siftflow-imagenet-fourth-root.json", "losses", "siftflow-imagenet-20ep.json")])  # from the 20-epoch FCN-32s
+    ("siftflow-imagenet-fourth-root.json", "losses", "siftflow-imagenet-20ep.json"),  # from the 20-epoch FCN-32s
+    ("siftflow-imagenet-eighth-root.json", "losses", "siftflow-imagenet-24ep.json")])  # from the 24-epoch one
 def test_a_rerun_record_pairs_with_its_table_and_its_gaps_are_its_rows(record, kind, table_file):
     """siftflow_rerun.py's records (another seed; a weighted loss): the table's own run is one of its two,
     row for row, the other changes only what it says, and each gap is FCN-8s minus the control."""

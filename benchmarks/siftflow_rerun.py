@@ -10,9 +10,9 @@ and control must be done), with one thing changed:
   record ``results/siftflow-imagenet-rerun.json`` (``seeds``).
 - ``--class-weights sqrt`` (or ``fourth-root``, ``eighth-root``, ``balanced``): a loss that weights each class
   by the inverse square root of its pixel share (or its fourth or eighth root, or the inverse share;
-  ``minifcn.train.class_weights``), so that windows and poles count for more than sky. Folders ``NAME-sqrt``, record
-  ``results/siftflow-imagenet-sqrt.json`` (``losses``), its FCN-8s's prediction of every test photo
-  (``_test_predictions.npz``) and a figure of both FCN-8s (``siftflow-imagenet-sqrt.png``).
+  ``minifcn.train.class_weights``), so that windows and poles count for more than sky. Folders
+  ``NAME-sqrt``, record ``results/siftflow-imagenet-sqrt.json`` (``losses``), its FCN-8s's prediction of
+  every test photo (``_test_predictions.npz``) and a figure of both FCN-8s (``siftflow-imagenet-sqrt.png``).
 - both: the loss run's rerun noise. Its branches again under another seed (``NAME-sqrt-seedS``), compared
   with the loss run (which must be done), record ``results/siftflow-imagenet-sqrt-rerun.json`` (``seeds``).
 

@@ -131,8 +131,10 @@ def choose(key, threads, candidates, run, rule, routes, family=""):
     autotuning is off, already spent, or there is nothing to choose; ``routes``: every route name there is
     (what a table may contain); ``family``: what a route's compiled code depends on besides its name (the
     dtype). The first time a (route, family) runs in a process it may compile or load its kernels, so that
-    run is not timed. Then each candidate is timed up to ``TIMINGS`` times and keeps its fastest, stopping
-    as soon as it is half as slow again as the best so far. The rule's route runs first.
+    run is not timed. Then the candidates are timed in up to ``TIMINGS`` rounds, each keeping its fastest
+    run; after each round, those more than half as slow again as the best so far drop out. Rounds rather
+    than one candidate's runs after another's: on a shared machine a slow spell of a few hundred milliseconds
+    would otherwise fall on some candidates only, and pick the wrong one. The rule's route runs first.
     Returns (route, result).
     """
     if not enabled() or len(candidates) < 2:
@@ -142,24 +144,26 @@ def choose(key, threads, candidates, run, rule, routes, family=""):
         return table[key], run(table[key])
     if _state["seconds"] >= MAX_SECONDS:
         return rule, run(rule)
-    started, best = time.perf_counter(), None
-    candidates = sorted(candidates, key=lambda route: route != rule)  # the rule's likely winner sets the pace
+    started, fastest, best = time.perf_counter(), {}, None  # best: (seconds, route, result) of the fastest run
+    alive = sorted(candidates, key=lambda route: route != rule)  # the rule's likely winner sets the pace
     _state["depth"] += 1  # a route may run passes that are measured in turn (the flipped input gradient)
     try:
-        for route in candidates:
+        for route in alive:
             if (route, family) not in _state["warm"]:
                 run(route)
                 _state["warm"].add((route, family))
-            fastest = float("inf")
-            for _ in range(TIMINGS):
+        for _ in range(TIMINGS):  # round by round: a slow spell of a shared machine falls on every route alike
+            for route in alive:
                 t = time.perf_counter()
                 result = run(route)
-                fastest = min(fastest, time.perf_counter() - t)
-                if best is not None and fastest > 1.5 * best[0]:
-                    break
-            if best is None or fastest < best[0]:
-                best = (fastest, route, result)
-            del result
+                seconds = time.perf_counter() - t
+                fastest[route] = min(fastest.get(route, seconds), seconds)
+                if best is None or seconds < best[0]:
+                    best = (seconds, route, result)
+                del result
+            alive = [route for route in alive if fastest[route] <= 1.5 * best[0]]
+            if len(alive) < 2:  # nothing left to choose between
+                break
     finally:
         _state["depth"] -= 1
     if not _state["depth"]:

@@ -131,10 +131,12 @@ def choose(key, threads, candidates, run, rule, routes, family=""):
     autotuning is off, already spent, or there is nothing to choose; ``routes``: every route name there is
     (what a table may contain); ``family``: what a route's compiled code depends on besides its name (the
     dtype). The first time a (route, family) runs in a process it may compile or load its kernels, so that
-    run is not timed. Then the candidates are timed in up to ``TIMINGS`` rounds, each keeping its fastest
-    run; after each round, those more than half as slow again as the best so far drop out. Rounds rather
-    than one candidate's runs after another's: on a shared machine a slow spell of a few hundred milliseconds
-    would otherwise fall on some candidates only, and pick the wrong one. The rule's route runs first.
+    run is not timed, and neither is a run that measured passes of its own (the flipped input gradient's
+    forward pass, the sub-pixel route's phases: their first run on a new shape times their candidates).
+    Then the candidates are timed in rounds, each keeping its fastest of up to ``TIMINGS`` runs; after each
+    round, those more than half as slow again as the best so far drop out. Rounds rather than one
+    candidate's runs after another's: on a shared machine a slow spell of a few hundred milliseconds would
+    otherwise fall on some candidates only, and pick the wrong one. The rule's route runs first.
     Returns (route, result).
     """
     if not enabled() or len(candidates) < 2:
@@ -152,18 +154,27 @@ def choose(key, threads, candidates, run, rule, routes, family=""):
             if (route, family) not in _state["warm"]:
                 run(route)
                 _state["warm"].add((route, family))
-        for _ in range(TIMINGS):  # round by round: a slow spell of a shared machine falls on every route alike
+        timed = dict.fromkeys(alive, 0)
+        for _ in range(TIMINGS + 2):  # round by round: a slow spell of a shared machine falls on every route alike
             for route in alive:
+                inner = _state["measured"]
                 t = time.perf_counter()
                 result = run(route)
                 seconds = time.perf_counter() - t
+                if _state["measured"] != inner:  # it measured passes of its own (flipped, sub-pixel): no timing
+                    del result
+                    continue
+                timed[route] += 1
                 fastest[route] = min(fastest.get(route, seconds), seconds)
                 if best is None or seconds < best[0]:
                     best = (seconds, route, result)
                 del result
-            alive = [route for route in alive if fastest[route] <= 1.5 * best[0]]
-            if len(alive) < 2:  # nothing left to choose between
+            alive = [route for route in alive if timed[route] < TIMINGS and (
+                route not in fastest or fastest[route] <= 1.5 * best[0])]
+            if not alive or len(alive) == 1 and alive[0] in fastest:  # nothing left to choose between
                 break
+        if best is None:  # every run measured passes of its own (it cannot go on: each is measured once)
+            best = (0.0, rule, run(rule))
     finally:
         _state["depth"] -= 1
     if not _state["depth"]:

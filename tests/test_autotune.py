@@ -89,21 +89,6 @@ def test_the_fastest_route_is_kept_and_its_own_result_returned(tuning):
     assert saved["choices"] == {"k": "fast"} and saved["for"]["threads"] == 2
 
 
-def test_routes_are_timed_in_rounds_so_a_slow_spell_falls_on_each(tuning, monkeypatch):
-    """A shared machine slows down for a while: timed one route after the other, the spell would fall on
-    the second route's runs only and the slower route would win; in rounds it falls on both."""
-    clock, calls = [0.0], [0]
-    cost = {"a": 0.010, "b": 0.008}  # b is the faster route
-
-    def run(route):
-        timed = calls[0] - 2  # the first two calls are each route's untimed first run
-        calls[0] += 1
-        clock[0] += cost[route] * (3 if timed >= 3 else 1)  # the spell: from the fourth timed run on
-        return route
-    monkeypatch.setattr(autotune.time, "perf_counter", lambda: clock[0])
-    assert autotune.choose("spell", 2, ["a", "b"], run, "a", ("a", "b"), family="spell") == ("b", "b")
-
-
 def test_a_run_that_measures_passes_of_its_own_is_not_a_timing(tuning, monkeypatch):
     """The flipped input gradient runs a forward pass that autotune measures the first time it meets its
     shape: that run is slow for a reason of its own, and the route must not lose by it."""

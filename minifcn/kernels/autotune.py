@@ -133,10 +133,8 @@ def choose(key, threads, candidates, run, rule, routes, family=""):
     dtype). The first time a (route, family) runs in a process it may compile or load its kernels, so that
     run is not timed, and neither is a run that measured passes of its own (the flipped input gradient's
     forward pass, the sub-pixel route's phases: their first run on a new shape times their candidates).
-    Then the candidates are timed in rounds, each keeping its fastest of up to ``TIMINGS`` runs; after each
-    round, those more than half as slow again as the best so far drop out. Rounds rather than one
-    candidate's runs after another's: on a shared machine a slow spell of a few hundred milliseconds would
-    otherwise fall on some candidates only, and pick the wrong one. The rule's route runs first.
+    Then each candidate is timed up to ``TIMINGS`` times and keeps its fastest, stopping as soon as it is
+    half as slow again as the best so far. The rule's route runs first.
     Returns (route, result).
     """
     if not enabled() or len(candidates) < 2:
@@ -146,17 +144,16 @@ def choose(key, threads, candidates, run, rule, routes, family=""):
         return table[key], run(table[key])
     if _state["seconds"] >= MAX_SECONDS:
         return rule, run(rule)
-    started, fastest, best = time.perf_counter(), {}, None  # best: (seconds, route, result) of the fastest run
-    alive = sorted(candidates, key=lambda route: route != rule)  # the rule's likely winner sets the pace
+    started, best = time.perf_counter(), None  # best: (seconds, route, result) of the fastest run so far
+    candidates = sorted(candidates, key=lambda route: route != rule)  # the rule's likely winner sets the pace
     _state["depth"] += 1  # a route may run passes that are measured in turn (the flipped input gradient)
     try:
-        for route in alive:
+        for route in candidates:
             if (route, family) not in _state["warm"]:
                 run(route)
                 _state["warm"].add((route, family))
-        timed = dict.fromkeys(alive, 0)
-        for _ in range(TIMINGS + 2):  # round by round: a slow spell of a shared machine falls on every route alike
-            for route in alive:
+            fastest, timings = float("inf"), 0
+            for _ in range(TIMINGS + 2):
                 inner = _state["measured"]
                 t = time.perf_counter()
                 result = run(route)
@@ -164,15 +161,12 @@ def choose(key, threads, candidates, run, rule, routes, family=""):
                 if _state["measured"] != inner:  # it measured passes of its own (flipped, sub-pixel): no timing
                     del result
                     continue
-                timed[route] += 1
-                fastest[route] = min(fastest.get(route, seconds), seconds)
+                timings, fastest = timings + 1, min(fastest, seconds)
                 if best is None or seconds < best[0]:
                     best = (seconds, route, result)
                 del result
-            alive = [route for route in alive if timed[route] < TIMINGS and (
-                route not in fastest or fastest[route] <= 1.5 * best[0])]
-            if not alive or len(alive) == 1 and alive[0] in fastest:  # nothing left to choose between
-                break
+                if timings == TIMINGS or fastest > 1.5 * best[0]:
+                    break
         if best is None:  # every run measured passes of its own (it cannot go on: each is measured once)
             best = (0.0, rule, run(rule))
     finally:

@@ -172,8 +172,9 @@ def choose(key, threads, candidates, run, rule, routes, family=""):
     finally:
         _state["depth"] -= 1
     if not _state["depth"]:
-        _state["seconds"] += time.perf_counter() - started
-        _state["costs"][key] = (time.perf_counter() - started, len(candidates))
+        spent = time.perf_counter() - started
+        _state["seconds"] += spent
+        _state["costs"][key] = (spent, len(candidates))
     _state["measured"] += 1
     table[key] = best[1]
     _save(key, best[1])

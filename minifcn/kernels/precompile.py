@@ -141,7 +141,7 @@ _state = {"seen": set(), "done": set(), "reports": []}
 def group_of(op):
     """The group whose kernels ``op`` needs first: batch norm's own, Winograd's (a route only wide layers
     take, "winograd"), that of pools other than VGG's ("any_pool"), or the rest (what an FCN runs)."""
-    return "batch_norm" if op.startswith("batch_norm") else op if op in ("winograd", "any_pool") else "fcn"
+    return "batch_norm" if op.startswith("batch_norm") else op if op in GROUPS else "fcn"
 
 
 def enabled():
